@@ -1,0 +1,67 @@
+"""Resolve the ``reference`` parameter of :class:`~sklearn_advdet.PivotEmbedder`.
+
+The reference set is the classifier's *training-set* features with their
+class labels.  It is not the detection data, so an estimator that sits
+inside a detection pipeline receives it as a parameter rather than through
+``fit``.  This module turns the accepted forms of that parameter into a pair
+of arrays ``(X_ref, y_ref)``.
+"""
+
+import os
+
+__all__ = ["load_reference"]
+
+
+def _from_mapping_or_attrs(obj):
+    """(X, y) from a Bunch / dict / object exposing them, or None."""
+    for x_key, y_key in (("X", "y"), ("X_ref", "y_ref"), ("data", "target")):
+        if isinstance(obj, dict):
+            if x_key in obj and y_key in obj:
+                return obj[x_key], obj[y_key]
+        elif hasattr(obj, x_key) and hasattr(obj, y_key):
+            return getattr(obj, x_key), getattr(obj, y_key)
+    return None
+
+
+def load_reference(reference):
+    """Return the reference arrays ``(X_ref, y_ref)`` named by ``reference``.
+
+    Parameters
+    ----------
+    reference : tuple, dict, Bunch, str or os.PathLike
+        ``(X_ref, y_ref)``; a mapping or object holding them as ``X``/``y``,
+        ``X_ref``/``y_ref`` or ``data``/``target`` (e.g. a Bunch); or the path
+        of a feature store, read with
+        :func:`sklearn_advdet.datasets.load_feature_store` (memory-mapped).
+
+    Returns
+    -------
+    X_ref : array-like of shape (n_reference, n_features)
+    y_ref : array-like of shape (n_reference,)
+    """
+    if isinstance(reference, (str, bytes, os.PathLike)):
+        from .datasets import load_feature_store  # imported lazily on purpose
+
+        store = load_feature_store(reference)
+        pair = _from_mapping_or_attrs(store)
+        if pair is None and isinstance(store, tuple) and len(store) >= 2:
+            pair = store[0], store[1]
+        if pair is None:
+            raise TypeError(
+                f"the feature store at {os.fspath(reference)!r} was loaded as a "
+                f"{type(store).__name__} without X and y: pass reference=(X_ref, "
+                "y_ref) with the reference features and their class labels"
+            )
+        return pair
+    if isinstance(reference, (tuple, list)) and len(reference) == 2:
+        return reference[0], reference[1]
+    pair = _from_mapping_or_attrs(reference)
+    if pair is not None:
+        return pair
+    raise TypeError(
+        "reference must be None, a pair (X_ref, y_ref), a Bunch/dict with X and "
+        "y, or the path of a feature store; got "
+        f"{type(reference).__name__}"
+        + (f" of length {len(reference)}" if isinstance(reference, (tuple, list)) else "")
+    )
+

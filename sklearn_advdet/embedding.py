@@ -1,0 +1,536 @@
+"""Pivot-distance embedding of deep features (Carrara et al., ECCV-W 2018).
+
+For every embedded hidden layer ``l`` a sample's pooled activation ``o(l)`` is
+replaced by its distances to ``C`` class pivots ``p(l)_1 .. p(l)_C``, the
+per-class centroids or medoids of the classifier's *training-set*
+activations.  The ``L x C`` result is the input of the sequence detectors.
+"""
+
+import math
+from numbers import Integral
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import (
+    check_array,
+    check_is_fitted,
+    check_memory,
+    validate_data,
+)
+
+from ._layout import check_layout
+from ._reference import load_reference
+
+__all__ = ["PivotEmbedder"]
+
+_PIVOTS = ("centroid", "medoid")
+_METRICS = ("euclidean", "cosine", "cosine_similarity")
+_MEDOID_METRICS = ("euclidean", "cosine")
+_EPS = np.finfo(np.float64).eps
+
+
+# --------------------------------------------------------------------- medoids
+def _euclidean_row_sums(X, block_size):
+    """Summed Euclidean distance of every row of X to all rows, blocked.
+
+    X must be float64 (and is best centred).  Distances come from
+    ``|a|^2 + |b|^2 - 2 a.b`` on ``block_size x block_size`` tiles of the
+    upper triangle only (the matrix is symmetric, so each tile's row sums go
+    to its row block and its column sums to its column block): at most one
+    tile is alive at a time, never an ``n x n`` matrix.
+    """
+    n = X.shape[0]
+    sq = np.einsum("ij,ij->i", X, X)
+    sums = np.zeros(n)
+    for i in range(0, n, block_size):
+        Xi, sqi = X[i : i + block_size], sq[i : i + block_size, None]
+        for j in range(i, n, block_size):
+            tile = Xi @ X[j : j + block_size].T
+            tile *= -2.0
+            tile += sqi
+            tile += sq[j : j + block_size]
+            np.maximum(tile, 0.0, out=tile)
+            np.sqrt(tile, out=tile)
+            if i == j:
+                np.fill_diagonal(tile, 0.0)
+                sums[i : i + block_size] += tile.sum(axis=1)
+            else:
+                sums[i : i + block_size] += tile.sum(axis=1)
+                sums[j : j + block_size] += tile.sum(axis=0)
+    return sums
+
+
+def _exact_row_sums(X, rows, block_size):
+    """Summed Euclidean distances of ``X[rows]`` to all of X by differences.
+
+    ``scipy.spatial.distance.cdist`` works on coordinate differences, so it
+    has none of the cancellation error of the GEMM form; blocks of rows keep
+    its output within ``block_size**2`` entries.
+    """
+    from scipy.spatial.distance import cdist
+
+    n = X.shape[0]
+    step = max(1, (block_size * block_size) // max(n, 1))
+    out = np.empty(len(rows))
+    for k in range(0, len(rows), step):
+        out[k : k + step] = cdist(X[rows[k : k + step]], X).sum(axis=1)
+    return out
+
+
+def _euclidean_medoid(X, block_size=512):
+    """Index of the exact Euclidean medoid of the rows of X.
+
+    The medoid is the row with the smallest summed Euclidean distance to the
+    other rows; ties go to the lowest index (as ``argmin`` of the brute-force
+    row sums).
+
+    A hand-written blocked GEMM loop computes all the row sums; it exploits
+    symmetry and was 2-3x faster than ``sklearn.metrics.pairwise_distances_
+    chunked`` with a reducing function in ``benchmarks/bench_pivots.py``
+    (which recomputes norms and validates input per chunk and cannot use the
+    symmetry), and it bounds memory by a square tile instead of a row block
+    that grows with ``n``.
+
+    GEMM distances suffer from cancellation: a squared distance carries an
+    absolute error of at most ``gamma = 4 (d + 3) eps R^2`` (R: largest row
+    norm after centring), hence a distance at most ``sqrt(gamma)`` and a row
+    sum at most ``n sqrt(gamma)`` plus the summation error.  Every row whose
+    sum is within twice that bound of the smallest one may be the true
+    medoid; those candidates (usually one) are re-summed exactly from
+    coordinate differences, and the smallest exact sum wins.  The answer is
+    therefore the brute-force one, exact duplicates included.
+    """
+    n, d = np.shape(X)
+    if n <= 2:
+        return 0  # one member, or two members at the same summed distance
+    # one float64 copy, centred in place (distances do not change)
+    Xc = np.array(X, dtype=np.float64, order="C", copy=True)
+    Xc -= Xc.mean(axis=0)
+    sums = _euclidean_row_sums(Xc, block_size)
+    r2 = float(np.einsum("ij,ij->i", Xc, Xc).max())
+    s_min = float(sums.min())
+    err = n * math.sqrt(4.0 * (d + 3) * _EPS * r2) + 2.0 * n * _EPS * s_min
+    candidates = np.flatnonzero(sums <= s_min + 2.0 * err)
+    if len(candidates) == 1:
+        return int(candidates[0])
+    # exact duplicates stay bitwise identical after centring, so ties still
+    # go to the lowest index
+    exact = _exact_row_sums(Xc, candidates, block_size)
+    return int(candidates[np.argmin(exact)])
+
+
+def _cosine_medoid(X):
+    """Index of the row with the smallest summed cosine distance to the rest.
+
+    ``sum_j (1 - cos(x_i, x_j)) = (n - 1) - u_i . (S - u_i)`` with ``u`` the
+    unit rows and ``S`` their sum: exact in O(n d), no distance matrix.
+    All-zero rows have cosine similarity 0 to everything (as in
+    :func:`sklearn.metrics.pairwise.cosine_distances`).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X))
+    U = X / np.where(norms > 0, norms, 1.0)[:, None]
+    self_sim = (norms > 0).astype(np.float64)
+    sums = (X.shape[0] - 1) - (U @ U.sum(axis=0) - self_sim)
+    return int(np.argmin(sums))
+
+
+def _class_pivot(X, pivots, medoid_metric, block_size):
+    """Pivot of one class in one layer: (vector, index of the medoid or -1)."""
+    if pivots == "centroid":
+        return np.asarray(X, dtype=np.float64).mean(axis=0), -1
+    if medoid_metric == "euclidean":
+        i = _euclidean_medoid(X, block_size)
+    else:
+        i = _cosine_medoid(X)
+    return np.asarray(X[i], dtype=np.float64), i
+
+
+def _compute_pivots(X, y, slices, pivots, medoid_metric, block_size, n_jobs):
+    """Pivots of every (layer, class): the expensive part of ``fit``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_reference, n_features)
+    y : ndarray of shape (n_reference,)
+        Class labels.
+    slices : tuple of (start, stop)
+        Columns of each embedded layer.
+
+    Returns
+    -------
+    classes : ndarray of shape (n_classes,)
+    pivot_list : list of ndarray of shape (n_classes, d_l)
+    medoid_indices : ndarray of shape (n_layers, n_classes) or None
+        Rows of X chosen as medoids.
+    """
+    classes, y_idx = np.unique(y, return_inverse=True)
+    members = [np.flatnonzero(y_idx == k) for k in range(len(classes))]
+    tasks = [(l, k) for l in range(len(slices)) for k in range(len(classes))]
+    if pivots == "centroid":
+        results = [
+            _class_pivot(X[members[k], slice(*slices[l])], pivots, None, block_size)
+            for l, k in tasks
+        ]
+    else:
+        results = Parallel(n_jobs=n_jobs, prefer="threads")(
+            delayed(_class_pivot)(
+                X[members[k], slice(*slices[l])], pivots, medoid_metric, block_size
+            )
+            for l, k in tasks
+        )
+    C = len(classes)
+    pivot_list = [
+        np.stack([results[l * C + k][0] for k in range(C)]) for l in range(len(slices))
+    ]
+    medoid_indices = None
+    if pivots == "medoid":
+        medoid_indices = np.array(
+            [[members[k][results[l * C + k][1]] for k in range(C)] for l in range(len(slices))],
+            dtype=np.intp,
+        )
+    return classes, pivot_list, medoid_indices
+
+
+def _cached_pivots(X, y, slices, pivots, medoid_metric, block_size, n_jobs):
+    # Thin wrapper so that joblib.Memory keys the cache on the data, the
+    # layer slices and the pivot settings only (block_size and n_jobs do not
+    # change the result and are ignored), while tests can count the calls to
+    # ``_compute_pivots``.
+    return _compute_pivots(X, y, slices, pivots, medoid_metric, block_size, n_jobs)
+
+
+# -------------------------------------------------------------- distances
+def _distances(X, P, metric):
+    """Distances (or similarities) of the rows of X to the rows of P, float64."""
+    X = np.asarray(X, dtype=np.float64)
+    if metric == "euclidean":
+        # centring on the pivots' mean shrinks the cancellation error of the
+        # GEMM form |x|^2 + |p|^2 - 2 x.p
+        shift = P.mean(axis=0)
+        Xs, Ps = X - shift, P - shift
+        D = Xs @ Ps.T
+        D *= -2.0
+        D += np.einsum("ij,ij->i", Xs, Xs)[:, None]
+        D += np.einsum("ij,ij->i", Ps, Ps)
+        np.maximum(D, 0.0, out=D)
+        return np.sqrt(D, out=D)
+    xn = np.sqrt(np.einsum("ij,ij->i", X, X))
+    pn = np.sqrt(np.einsum("ij,ij->i", P, P))
+    S = X @ P.T
+    S /= np.where(xn > 0, xn, 1.0)[:, None]
+    S /= np.where(pn > 0, pn, 1.0)
+    if metric == "cosine_similarity":
+        return S
+    return 1.0 - S
+
+
+# ------------------------------------------------------------- estimator
+class PivotEmbedder(TransformerMixin, BaseEstimator):
+    """Embed each layer's features as their distances to per-class pivots.
+
+    For every embedded hidden layer ``l`` of ``X`` (see ``layer_sizes``), a
+    row's block ``o(l)`` becomes ``[d(o(l), p(l)_1), ..., d(o(l), p(l)_C)]``
+    where ``p(l)_c`` is the pivot of class ``c``: the centroid (mean) or the
+    medoid of that class's reference features in layer ``l``.  The output is
+    the layer-major concatenation, shape ``(n_samples, L * C)``, ready for
+    :class:`~sklearn_advdet.SequenceLSTMDetector` (a sequence of ``L`` steps
+    of ``C`` values) or :class:`~sklearn_advdet.MLPDetector`.
+
+    The reference set (pivots' source) is the classifier's training-set
+    features with their class labels.  Two ways to give it:
+
+    - ``fit(X_ref, y_class)`` with ``reference=None``; the fitted embedder
+      can then be frozen inside a detection pipeline with
+      :class:`sklearn.frozen.FrozenEstimator`;
+    - ``reference=(X_ref, y_ref)`` (or a feature-store path): ``fit(X, y)``
+      then ignores ``y`` (the *detection* labels) and uses ``X`` only to check
+      its width, so the embedder can be tuned inside a detection pipeline by
+      :class:`~sklearn.model_selection.GridSearchCV`.  With ``memory`` set,
+      each distinct pivot set is computed once and reused by every fold and
+      every candidate.
+
+    Parameters
+    ----------
+    layer_sizes : tuple of int, FeatureLayout or None, default=None
+        Column layout of ``X``: the width of each layer block in column order
+        (a plain tuple has no logits block), or the
+        :class:`~sklearn_advdet.FeatureLayout` of the feature store.  ``None``
+        treats all columns as one layer.
+    layers : "all", int, str or list of them, default="all"
+        Hidden layers to embed, by index or name.  ``"all"`` embeds every
+        hidden layer; the logits block is never embedded.
+    pivots : {"centroid", "medoid"}, default="centroid"
+        Class pivot: the mean of the class, or its medoid (the member with
+        the smallest summed distance to the other members, computed exactly).
+    metric : {"euclidean", "cosine", "cosine_similarity"}, default="euclidean"
+        ``"cosine"`` is the cosine *distance* ``1 - cos`` as in the paper;
+        ``"cosine_similarity"`` (``cos``, larger is closer) reproduces the
+        authors' code.  All-zero vectors have cosine similarity 0.
+    medoid_metric : {"euclidean", "cosine"}, default="euclidean"
+        Distance that defines the medoid.  Euclidean by default, whatever
+        ``metric`` is: the paper defines the medoid with Euclidean distances
+        and the authors' code used Euclidean medoids for cosine runs too.
+        Ignored for centroids.
+    reference : tuple (X_ref, y_ref), Bunch, str or path-like, default=None
+        Reference set to take the pivots from instead of ``fit``'s arguments.
+        A path is read with
+        :func:`sklearn_advdet.datasets.load_feature_store`.  Arrays given
+        here are copied whenever the estimator is cloned (as by
+        ``GridSearchCV``); for large sets prefer a feature-store path.
+    memory : str, joblib.Memory or None, default=None
+        Cache of the pivot computation.  The key is the reference data, its
+        labels, the embedded columns, ``pivots`` and ``medoid_metric``;
+        ``metric``, ``block_size`` and ``n_jobs`` do not change the pivots
+        and are not part of it.
+    block_size : int, default=512
+        Side of the square distance tiles of the medoid computation (memory
+        ``8 * block_size**2`` bytes per running task), and the number of rows
+        transformed at once.
+    n_jobs : int, default=None
+        Parallel medoid computations over (layer, class) pairs, with joblib
+        (threads by default; a ``joblib.parallel_config`` backend such as
+        Dask or Ray takes over when set).  ``None`` means 1.
+
+    Attributes
+    ----------
+    pivots_ : list of ndarray of shape (n_classes, d_l)
+        Pivots of each embedded layer, in ``layer_indices_`` order (float64).
+    classes_ : ndarray of shape (n_classes,)
+        Class labels of the reference set, in pivot order.
+    layout_ : FeatureLayout
+        Layout of ``X``.
+    layer_indices_ : list of int
+        Embedded layers, as indices into ``layout_``.
+    medoid_indices_ : ndarray of shape (n_layers, n_classes) or None
+        Row of the reference set chosen as each medoid (None for centroids).
+    n_features_in_ : int
+        Number of columns of ``X`` seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of ``X``, when it had string column names.
+
+    See Also
+    --------
+    sklearn_advdet.FeatureLayout : column layout of the deep-feature matrix.
+
+    Notes
+    -----
+    Medoids are exact: blocked matrix products with symmetric square tiles
+    (never an ``n x n`` matrix), plus an exact re-summation of the rows whose
+    blocked sum is within the rounding-error bound of the smallest one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_advdet import PivotEmbedder
+    >>> rng = np.random.RandomState(0)
+    >>> X_ref = rng.rand(30, 5)           # two layers of 2 and 3 features
+    >>> y_ref = np.repeat([0, 1, 2], 10)  # the classifier's training labels
+    >>> emb = PivotEmbedder(layer_sizes=(2, 3), pivots="medoid").fit(X_ref, y_ref)
+    >>> [p.shape for p in emb.pivots_]
+    [(3, 2), (3, 3)]
+    >>> Z = emb.transform(rng.rand(4, 5))
+    >>> Z.shape, Z.dtype
+    ((4, 6), dtype('float32'))
+    >>> emb.get_feature_names_out()[:4]
+    array(['layer0_class0', 'layer0_class1', 'layer0_class2', 'layer1_class0'],
+          dtype=object)
+    """
+
+    def __init__(
+        self,
+        layer_sizes=None,
+        *,
+        layers="all",
+        pivots="centroid",
+        metric="euclidean",
+        medoid_metric="euclidean",
+        reference=None,
+        memory=None,
+        block_size=512,
+        n_jobs=None,
+    ):
+        self.layer_sizes = layer_sizes
+        self.layers = layers
+        self.pivots = pivots
+        self.metric = metric
+        self.medoid_metric = medoid_metric
+        self.reference = reference
+        self.memory = memory
+        self.block_size = block_size
+        self.n_jobs = n_jobs
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = self.reference is None
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+    # ------------------------------------------------------------- checks
+    def _check_params(self):
+        for name, value, allowed in (
+            ("pivots", self.pivots, _PIVOTS),
+            ("metric", self.metric, _METRICS),
+            ("medoid_metric", self.medoid_metric, _MEDOID_METRICS),
+        ):
+            if not isinstance(value, str) or value not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {list(allowed)}, got {value!r}"
+                )
+        bs = self.block_size
+        if not isinstance(bs, Integral) or isinstance(bs, bool) or bs < 1:
+            raise ValueError(
+                f"block_size must be a positive integer (rows per block), got {bs!r}"
+            )
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, X, y=None):
+        """Compute the class pivots of every embedded layer.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Reference features (``reference=None``), or the detection
+            features whose width is checked (``reference`` given).
+        y : array-like of shape (n_samples,)
+            Class labels of the reference set when ``reference=None``;
+            ignored otherwise (they are detection labels then).
+
+        Returns
+        -------
+        self : PivotEmbedder
+            Fitted embedder.  When fit raises, the estimator keeps the
+            fitted state it had before (or stays unfitted).
+        """
+        saved = {k: v for k, v in vars(self).items() if _is_fitted_attr(k)}
+        try:
+            return self._fit(X, y)
+        except BaseException:
+            for k in [k for k in vars(self) if _is_fitted_attr(k)]:
+                delattr(self, k)
+            vars(self).update(saved)
+            raise
+
+    def _fit(self, X, y):
+        self._check_params()
+        float_dtypes = [np.float64, np.float32]
+        if self.reference is None:
+            X, y = validate_data(self, X, y, dtype=float_dtypes)
+            X_ref, y_ref = X, y
+        else:
+            # y holds detection labels here: never used as classes
+            X = validate_data(self, X, dtype=float_dtypes)
+            X_ref, y_ref = load_reference(self.reference)
+            X_ref = check_array(X_ref, dtype=float_dtypes, input_name="X_ref")
+            y_ref = check_array(
+                y_ref, ensure_2d=False, dtype=None, input_name="y_ref"
+            )
+            if y_ref.ndim != 1 or len(y_ref) != len(X_ref):
+                raise ValueError(
+                    f"reference labels have shape {y_ref.shape} for {len(X_ref)} "
+                    "reference rows: pass one class label per reference row"
+                )
+            if X_ref.shape[1] != X.shape[1]:
+                raise ValueError(
+                    f"X has {X.shape[1]} columns but the reference set has "
+                    f"{X_ref.shape[1]}: both must come from the same layers of "
+                    "the same model"
+                )
+        check_classification_targets(y_ref)
+        layout = check_layout(self.layer_sizes, X.shape[1])
+        layer_indices = layout.select(self.layers)
+        classes = np.unique(y_ref)
+        if len(classes) < 2:
+            raise ValueError(
+                f"y has 1 class ({classes[0]!r}): pivots are per class, so the "
+                "reference set needs the class labels of at least 2 classes "
+                "(with reference=..., check the reference labels)"
+            )
+        slices = tuple(
+            (layout.slice_of(i).start, layout.slice_of(i).stop) for i in layer_indices
+        )
+        medoid_metric = self.medoid_metric if self.pivots == "medoid" else None
+        memory = check_memory(self.memory)
+        compute = memory.cache(_cached_pivots, ignore=["block_size", "n_jobs"])
+        classes, pivot_list, medoid_indices = compute(
+            X_ref,
+            np.asarray(y_ref),
+            slices,
+            self.pivots,
+            medoid_metric,
+            int(self.block_size),
+            self.n_jobs,
+        )
+        self.layout_ = layout
+        self.layer_indices_ = list(layer_indices)
+        self.classes_ = classes
+        self.pivots_ = pivot_list
+        self.medoid_indices_ = medoid_indices
+        return self
+
+    # ---------------------------------------------------------- transform
+    def transform(self, X):
+        """Distances of every embedded layer's block to that layer's pivots.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_layers * n_classes), float32
+            Layer-major: columns ``l * C .. (l + 1) * C - 1`` hold layer
+            ``l``'s distances to the ``C`` class pivots.
+        """
+        check_is_fitted(self, "pivots_")
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        C = len(self.classes_)
+        Z = np.empty((X.shape[0], len(self.pivots_) * C), dtype=np.float32)
+        step = int(self.block_size)
+        for start in range(0, X.shape[0], step):
+            rows = slice(start, start + step)
+            for j, (i, P) in enumerate(zip(self.layer_indices_, self.pivots_)):
+                block = X[rows, self.layout_.slice_of(i)]
+                Z[rows, j * C : (j + 1) * C] = _distances(block, P, self.metric)
+        return Z
+
+    def get_feature_names_out(self, input_features=None):
+        """Output names ``<layer name>_class<label>``, layer-major.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Only checked against the input seen in ``fit``.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        check_is_fitted(self, "pivots_")
+        if input_features is not None:
+            input_features = np.asarray(input_features, dtype=object)
+            if len(input_features) != self.n_features_in_:
+                raise ValueError(
+                    f"input_features has {len(input_features)} names but X had "
+                    f"{self.n_features_in_} columns in fit"
+                )
+            seen = getattr(self, "feature_names_in_", None)
+            if seen is not None and not np.array_equal(input_features, seen):
+                raise ValueError(
+                    "input_features is not equal to feature_names_in_"
+                )
+        names = self.layout_.names
+        return np.asarray(
+            [
+                f"{names[i]}_class{c}"
+                for i in self.layer_indices_
+                for c in self.classes_
+            ],
+            dtype=object,
+        )
+
+
+def _is_fitted_attr(name):
+    return name.endswith("_") and not name.startswith("_")
