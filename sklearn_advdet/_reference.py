@@ -28,36 +28,37 @@ def load_reference(reference):
 
     Parameters
     ----------
-    reference : tuple, dict, Bunch, str or os.PathLike
+    reference : tuple, dict, Bunch, FeatureStore, str or os.PathLike
         ``(X_ref, y_ref)``; a mapping or object holding them as ``X``/``y``,
-        ``X_ref``/``y_ref`` or ``data``/``target`` (e.g. a Bunch); or the path
-        of a feature store, read with
-        :func:`sklearn_advdet.datasets.load_feature_store` (memory-mapped).
+        ``X_ref``/``y_ref`` or ``data``/``target`` (e.g. a Bunch); or a
+        feature store (opened, or its directory) whose ``X`` (layers, then
+        the logits when the store has them) and ``labels`` are used.
 
     Returns
     -------
     X_ref : array-like of shape (n_reference, n_features)
     y_ref : array-like of shape (n_reference,)
+    layout : FeatureLayout or None
+        The store's column layout when ``reference`` is a feature store.
     """
     if isinstance(reference, (str, bytes, os.PathLike)):
-        from .datasets import load_feature_store  # imported lazily on purpose
+        from .deep.store import open_store  # numpy only: no torch import
 
-        store = load_feature_store(reference)
-        pair = _from_mapping_or_attrs(store)
-        if pair is None and isinstance(store, tuple) and len(store) >= 2:
-            pair = store[0], store[1]
-        if pair is None:
-            raise TypeError(
-                f"the feature store at {os.fspath(reference)!r} was loaded as a "
-                f"{type(store).__name__} without X and y: pass reference=(X_ref, "
-                "y_ref) with the reference features and their class labels"
+        reference = open_store(os.fsdecode(reference))
+    if hasattr(reference, "get_X") and hasattr(reference, "labels"):  # FeatureStore
+        labels = reference.labels
+        if labels is None:
+            raise ValueError(
+                f"the feature store at {str(reference.path)!r} has no class "
+                "labels: the reference set must be the classifier's training "
+                "features stored with their labels"
             )
-        return pair
+        return reference.X, labels, reference.layout
     if isinstance(reference, (tuple, list)) and len(reference) == 2:
-        return reference[0], reference[1]
+        return reference[0], reference[1], None
     pair = _from_mapping_or_attrs(reference)
     if pair is not None:
-        return pair
+        return pair[0], pair[1], None
     raise TypeError(
         "reference must be None, a pair (X_ref, y_ref), a Bunch/dict with X and "
         "y, or the path of a feature store; got "

@@ -10,7 +10,7 @@ import math
 from numbers import Integral
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
@@ -19,6 +19,7 @@ from sklearn.utils.validation import (
     check_memory,
     validate_data,
 )
+from threadpoolctl import threadpool_limits
 
 from ._layout import check_layout
 from ._reference import load_reference
@@ -175,12 +176,20 @@ def _compute_pivots(X, y, slices, pivots, medoid_metric, block_size, n_jobs):
             for l, k in tasks
         ]
     else:
-        results = Parallel(n_jobs=n_jobs, prefer="threads")(
+        parallel = Parallel(n_jobs=n_jobs, prefer="threads")
+        jobs = (
             delayed(_class_pivot)(
                 X[members[k], slice(*slices[l])], pivots, medoid_metric, block_size
             )
             for l, k in tasks
         )
+        if effective_n_jobs(n_jobs) > 1:
+            # parallel over (layer, class): one BLAS thread per task, or the
+            # tasks' BLAS thread pools oversubscribe the cores
+            with threadpool_limits(limits=1, user_api="blas"):
+                results = parallel(jobs)
+        else:
+            results = parallel(jobs)
     C = len(classes)
     pivot_list = [
         np.stack([results[l * C + k][0] for k in range(C)]) for l in range(len(slices))
@@ -258,7 +267,8 @@ class PivotEmbedder(TransformerMixin, BaseEstimator):
         Column layout of ``X``: the width of each layer block in column order
         (a plain tuple has no logits block), or the
         :class:`~sklearn_advdet.FeatureLayout` of the feature store.  ``None``
-        treats all columns as one layer.
+        takes the layout of the ``reference`` feature store when there is
+        one, and otherwise treats all columns as one layer.
     layers : "all", int, str or list of them, default="all"
         Hidden layers to embed, by index or name.  ``"all"`` embeds every
         hidden layer; the logits block is never embedded.
@@ -275,11 +285,12 @@ class PivotEmbedder(TransformerMixin, BaseEstimator):
         and the authors' code used Euclidean medoids for cosine runs too.
         Ignored for centroids.
     reference : tuple (X_ref, y_ref), Bunch, str or path-like, default=None
-        Reference set to take the pivots from instead of ``fit``'s arguments.
-        A path is read with
-        :func:`sklearn_advdet.datasets.load_feature_store`.  Arrays given
-        here are copied whenever the estimator is cloned (as by
-        ``GridSearchCV``); for large sets prefer a feature-store path.
+        Reference set to take the pivots from instead of ``fit``'s arguments:
+        arrays, a Bunch/dict with ``X`` and ``y``, or the directory of a
+        feature store (:mod:`sklearn_advdet.deep.store`; its ``X`` and
+        ``labels`` are read, so ``X`` passed to fit/transform must have the
+        store's layout).  Arrays given here are copied whenever the estimator
+        is cloned (as by ``GridSearchCV``); for large sets prefer a path.
     memory : str, joblib.Memory or None, default=None
         Cache of the pivot computation.  The key is the reference data, its
         labels, the embedded columns, ``pivots`` and ``medoid_metric``;
@@ -292,7 +303,9 @@ class PivotEmbedder(TransformerMixin, BaseEstimator):
     n_jobs : int, default=None
         Parallel medoid computations over (layer, class) pairs, with joblib
         (threads by default; a ``joblib.parallel_config`` backend such as
-        Dask or Ray takes over when set).  ``None`` means 1.
+        Dask or Ray takes over when set).  ``None`` means 1.  With more than
+        one job each task's BLAS runs single-threaded (via threadpoolctl) so
+        that the tasks do not oversubscribe the cores.
 
     Attributes
     ----------
@@ -418,11 +431,11 @@ class PivotEmbedder(TransformerMixin, BaseEstimator):
         float_dtypes = [np.float64, np.float32]
         if self.reference is None:
             X, y = validate_data(self, X, y, dtype=float_dtypes)
-            X_ref, y_ref = X, y
+            X_ref, y_ref, store_layout = X, y, None
         else:
             # y holds detection labels here: never used as classes
             X = validate_data(self, X, dtype=float_dtypes)
-            X_ref, y_ref = load_reference(self.reference)
+            X_ref, y_ref, store_layout = load_reference(self.reference)
             X_ref = check_array(X_ref, dtype=float_dtypes, input_name="X_ref")
             y_ref = check_array(
                 y_ref, ensure_2d=False, dtype=None, input_name="y_ref"
@@ -439,7 +452,10 @@ class PivotEmbedder(TransformerMixin, BaseEstimator):
                     "the same model"
                 )
         check_classification_targets(y_ref)
-        layout = check_layout(self.layer_sizes, X.shape[1])
+        if self.layer_sizes is None and store_layout is not None:
+            layout = check_layout(store_layout, X.shape[1])
+        else:
+            layout = check_layout(self.layer_sizes, X.shape[1])
         layer_indices = layout.select(self.layers)
         classes = np.unique(y_ref)
         if len(classes) < 2:

@@ -41,6 +41,16 @@ def _layer_blocks(X, sizes):
     return [X[:, off[i] : off[i + 1]] for i in range(len(sizes))]
 
 
+@pytest.fixture
+def one_blas_thread():
+    # on a shared 2-core machine, BLAS threads fighting over the cores make
+    # small matrix products ~3-10x slower than one thread (timing only)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 # ------------------------------------------------------------ common checks
 @parametrize_with_checks(
     [PivotEmbedder(), PivotEmbedder(pivots="medoid", metric="cosine", block_size=7)],
@@ -111,20 +121,20 @@ def test_cosine_medoid_matches_brute_force():
     assert _cosine_medoid(X) == _brute_medoid(X, "cosine")
 
 
-def test_medoid_of_large_class_without_square_matrix():
+def test_medoid_of_large_class_without_square_matrix(one_blas_thread):
     n, d = 20_000, 64
     rng = np.random.RandomState(6)
     X = rng.normal(size=(n, d)).astype(np.float32)
     X[12_345] = 0.0  # the exact centre of the cloud: the medoid, by far
     tracemalloc.start()
     try:
-        idx = _euclidean_medoid(X, block_size=512)
+        idx = _euclidean_medoid(X, block_size=1024)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert idx == 12_345
-    # an n x n float64 matrix would take 3.2 GB; the float64 copy and its
-    # centred version (2 x 10 MB) plus 512 x 512 tiles stay far below 64 MiB
+    # an n x n float64 matrix would take 3.2 GB; the centred float64 copy
+    # (10 MB) plus 1024 x 1024 tiles (8 MiB each) stay far below 64 MiB
     assert peak < 64 * 2**20, peak
     assert peak < n * n * 8 / 50
 
@@ -292,7 +302,7 @@ def _detection(seed=20, n_img=60):
     return X_ref, y_ref, X, y, attack, groups
 
 
-def test_frozen_embedder_in_detection_pipeline():
+def test_frozen_embedder_in_detection_pipeline(one_blas_thread):
     X_ref, y_ref, X, y, _, _ = _detection()
     emb = PivotEmbedder(SIZES, pivots="medoid").fit(X_ref, y_ref)
     pivots = [P.copy() for P in emb.pivots_]
@@ -320,6 +330,35 @@ def test_reference_param_ignores_detection_labels():
     np.testing.assert_array_equal(direct.transform(X), via_ref.transform(X))
     # y may be omitted altogether with a reference
     PivotEmbedder(SIZES, reference={"X": X_ref, "y": y_ref}).fit(X)
+
+
+def test_feature_store_path_as_reference(tmp_path):
+    from sklearn_advdet.deep.store import FeatureStoreWriter, open_store
+
+    X_ref, y_ref = _reference(seed=24, sizes=(3, 5), counts=(9, 6, 5))
+    logits = np.random.RandomState(24).normal(size=(len(y_ref), 3))
+    w = FeatureStoreWriter.create(
+        tmp_path / "ref", count=len(y_ref), layer_names=["conv", "fc"],
+        layer_sizes=[3, 5], n_classes=3, chunk_size=8, has_labels=True,
+    )
+    for k in w.missing_chunks():
+        lo, hi = w.chunk_bounds(k)
+        w.write_chunk(k, layers=[X_ref[lo:hi, :3], X_ref[lo:hi, 3:]],
+                      logits=logits[lo:hi], labels=y_ref[lo:hi])
+    assert w.finalize()
+    store = open_store(tmp_path / "ref")
+    X_det = store.X[:7] + 0.5  # detection rows in the store's layout
+    emb = PivotEmbedder(pivots="medoid", reference=str(tmp_path / "ref")).fit(X_det)
+    # layout taken from the store: two hidden layers, the logits left out
+    assert emb.layout_ == store.layout and emb.layer_indices_ == [0, 1]
+    assert list(emb.get_feature_names_out()[:2]) == ["conv_class0", "conv_class1"]
+    direct = PivotEmbedder((3, 5), pivots="medoid").fit(
+        X_ref.astype(np.float32), y_ref
+    )
+    np.testing.assert_array_equal(emb.medoid_indices_, direct.medoid_indices_)
+    np.testing.assert_allclose(
+        emb.transform(X_det), direct.transform(X_det[:, :8]), rtol=1e-6
+    )
 
 
 @pytest.fixture
@@ -350,7 +389,9 @@ def _search(X_ref, y_ref, memory, scoring=None):
     return GridSearchCV(pipe, grid, cv=GroupKFold(n_splits=3), scoring=scoring)
 
 
-def test_grid_search_computes_each_pivot_set_once(tmp_path, count_pivot_computations):
+def test_grid_search_computes_each_pivot_set_once(
+    tmp_path, count_pivot_computations, one_blas_thread
+):
     X_ref, y_ref, X, y, _, groups = _detection(seed=22)
     search = _search(X_ref, y_ref, memory=str(tmp_path / "cache"))
     search.fit(X, y, groups=groups)
@@ -376,7 +417,7 @@ def test_grid_search_computes_each_pivot_set_once(tmp_path, count_pivot_computat
     assert len(count_pivot_computations) == 25  # no cache: once per fit
 
 
-def test_grid_search_with_macro_auc_scorer_and_routing(tmp_path):
+def test_grid_search_with_macro_auc_scorer_and_routing(tmp_path, one_blas_thread):
     import sklearn
     from sklearn_advdet.metrics import make_macro_auc_scorer, macro_auc
 
