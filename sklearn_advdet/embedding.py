@@ -80,7 +80,7 @@ def _exact_row_sums(X, rows, block_size):
     return out
 
 
-def _euclidean_medoid(X, block_size=512):
+def _euclidean_medoid(X, block_size=512, overwrite=False):
     """Index of the exact Euclidean medoid of the rows of X.
 
     The medoid is the row with the smallest summed Euclidean distance to the
@@ -88,7 +88,7 @@ def _euclidean_medoid(X, block_size=512):
     row sums).
 
     A hand-written blocked GEMM loop computes all the row sums; it exploits
-    symmetry and was 2-3x faster than ``sklearn.metrics.pairwise_distances_
+    symmetry and was 1.3-3x faster than ``sklearn.metrics.pairwise_distances_
     chunked`` with a reducing function in ``benchmarks/bench_pivots.py``
     (which recomputes norms and validates input per chunk and cannot use the
     symmetry), and it bounds memory by a square tile instead of a row block
@@ -102,12 +102,16 @@ def _euclidean_medoid(X, block_size=512):
     medoid; those candidates (usually one) are re-summed exactly from
     coordinate differences, and the smallest exact sum wins.  The answer is
     therefore the brute-force one, exact duplicates included.
+
+    Memory: one float64 copy of X (none when ``overwrite`` and X is a
+    C-contiguous float64 array, which is then centred in place) plus
+    ``block_size x block_size`` tiles.
     """
     n, d = np.shape(X)
     if n <= 2:
         return 0  # one member, or two members at the same summed distance
     # one float64 copy, centred in place (distances do not change)
-    Xc = np.array(X, dtype=np.float64, order="C", copy=True)
+    Xc = np.array(X, dtype=np.float64, order="C", copy=True if not overwrite else None)
     Xc -= Xc.mean(axis=0)
     sums = _euclidean_row_sums(Xc, block_size)
     r2 = float(np.einsum("ij,ij->i", Xc, Xc).max())
@@ -139,14 +143,15 @@ def _cosine_medoid(X):
 
 
 def _class_pivot(X, pivots, medoid_metric, block_size):
-    """Pivot of one class in one layer: (vector, index of the medoid or -1)."""
+    """Pivot of one class in one layer: (centroid, -1) or (None, medoid row).
+
+    X is this task's own copy of the class block and may be overwritten.
+    """
     if pivots == "centroid":
         return np.asarray(X, dtype=np.float64).mean(axis=0), -1
     if medoid_metric == "euclidean":
-        i = _euclidean_medoid(X, block_size)
-    else:
-        i = _cosine_medoid(X)
-    return np.asarray(X[i], dtype=np.float64), i
+        return None, _euclidean_medoid(X, block_size, overwrite=True)
+    return None, _cosine_medoid(X)
 
 
 def _compute_pivots(X, y, slices, pivots, medoid_metric, block_size, n_jobs):
@@ -191,15 +196,20 @@ def _compute_pivots(X, y, slices, pivots, medoid_metric, block_size, n_jobs):
         else:
             results = parallel(jobs)
     C = len(classes)
+    if pivots == "centroid":
+        pivot_list = [
+            np.stack([results[l * C + k][0] for k in range(C)])
+            for l in range(len(slices))
+        ]
+        return classes, pivot_list, None
+    medoid_indices = np.array(
+        [[members[k][results[l * C + k][1]] for k in range(C)] for l in range(len(slices))],
+        dtype=np.intp,
+    )
     pivot_list = [
-        np.stack([results[l * C + k][0] for k in range(C)]) for l in range(len(slices))
+        np.asarray(X[medoid_indices[l], slice(*slices[l])], dtype=np.float64)
+        for l in range(len(slices))
     ]
-    medoid_indices = None
-    if pivots == "medoid":
-        medoid_indices = np.array(
-            [[members[k][results[l * C + k][1]] for k in range(C)] for l in range(len(slices))],
-            dtype=np.intp,
-        )
     return classes, pivot_list, medoid_indices
 
 

@@ -74,9 +74,11 @@ def test_centroids_are_class_means():
 @pytest.mark.parametrize("medoid_metric", ["euclidean", "cosine"])
 def test_medoids_match_brute_force(medoid_metric):
     X, y = _reference(seed=1)
+    X_before = X.copy()
     emb = PivotEmbedder(
         SIZES, pivots="medoid", medoid_metric=medoid_metric, block_size=4
     ).fit(X, y)
+    np.testing.assert_array_equal(X, X_before)  # the input is never centred in place
     assert emb.medoid_indices_.shape == (3, 4)
     for l, (P, Xl) in enumerate(zip(emb.pivots_, _layer_blocks(X, SIZES))):
         for k, c in enumerate(emb.classes_):
