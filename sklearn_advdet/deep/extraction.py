@@ -18,6 +18,7 @@ Guarantees of every run:
 """
 
 import re
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
@@ -338,7 +339,9 @@ def _as_source(data, labels=None):
                             f"({len(data.dataset)} items)",
                 loader=data)
         return _LoaderSource(data)
-    if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+    if isinstance(data, Dataset) or (
+            hasattr(data, "__getitem__") and hasattr(data, "__len__")
+            and not isinstance(data, (Mapping, str, bytes))):
         if isinstance(data, IterableDataset):
             from torch.utils.data import DataLoader as _DL
             return _LoaderSource(_DL(data, batch_size=None))

@@ -1,0 +1,368 @@
+"""FeatureExtractor: hooks, pooling, modes, presets and every input kind."""
+
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from sklearn_advdet import FeatureLayout
+from sklearn_advdet.deep.data import list_image_folder, load_image_folder
+from sklearn_advdet.deep.extraction import (
+    LAYER_PRESETS,
+    ExtractedFeatures,
+    FeatureExtractor,
+    extract_features,
+    resolve_layers,
+)
+from sklearn_advdet.deep.models import cifar_resnet
+
+
+def tiny_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),   # "0"
+        nn.BatchNorm2d(4),               # "1" -> followed by an in-place ReLU
+        nn.ReLU(inplace=True),           # "2"
+        nn.Conv2d(4, 5, 3, stride=2),    # "3"
+        nn.ReLU(),                       # "4"
+        nn.AdaptiveAvgPool2d(1),         # "5"
+        nn.Flatten(),                    # "6"
+        nn.Linear(5, 3),                 # "7"
+    )
+
+
+def randomise_bn(model):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def all_hooks_empty(model):
+    return all(
+        not m._forward_hooks and not m._forward_pre_hooks for m in model.modules()
+    )
+
+
+def images_uint8(n=13, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 3, 8, 8), dtype=np.uint8)
+
+
+# --------------------------------------------------------------- correctness
+def test_pooled_features_match_manual_forward():
+    model = randomise_bn(tiny_cnn())
+    x = torch.rand(9, 3, 8, 8)
+    feats = FeatureExtractor(model, layers=["0", "1", "3", "4"], device="cpu",
+                             batch_size=4, progress=False).extract(x.numpy())
+    model.eval()
+    with torch.no_grad():
+        a0 = model[0](x)
+        a1 = model[1](a0)
+        a3 = model[3](torch.relu(a1))
+        a4 = torch.relu(a3)
+        logits = model(x)
+    expected = torch.cat([a0.mean((2, 3)), a1.mean((2, 3)), a3.mean((2, 3)),
+                          a4.mean((2, 3)), logits], dim=1).numpy()
+    np.testing.assert_allclose(feats.X, expected, rtol=1e-5, atol=1e-6)
+    assert feats.layout == FeatureLayout([4, 4, 5, 5, 3],
+                                         names=["0", "1", "3", "4", "logits"],
+                                         has_logits=True)
+    np.testing.assert_array_equal(feats.predictions, logits.argmax(1).numpy())
+    np.testing.assert_allclose(feats.layer("3"), a3.mean((2, 3)).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    assert feats.labels is None and len(feats) == 9
+    assert feats.X.dtype == np.float32
+
+
+def test_inplace_relu_after_hooked_module_does_not_corrupt():
+    model = randomise_bn(tiny_cnn())
+    x = torch.rand(6, 3, 8, 8)
+    feats = FeatureExtractor(model, layers=["1"], device="cpu", progress=False,
+                             include_logits=False).extract(x)
+    with torch.no_grad():
+        bn_out = model.eval()[1](model[0](x))
+    # the BN output has negative pooled values that the in-place ReLU would zero
+    assert (bn_out.mean((2, 3)) < 0).any()
+    np.testing.assert_allclose(feats.X, bn_out.mean((2, 3)).numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+    # 2-D outputs pass through unpooled and are copied before the in-place ReLU
+    torch.manual_seed(1)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(inplace=True),
+                        nn.Linear(6, 3))
+    z = torch.randn(20, 3, 2, 2)
+    feats = FeatureExtractor(mlp, layers=["1"], device="cpu", progress=False,
+                             include_logits=False).extract(z)
+    with torch.no_grad():
+        lin = mlp[1](mlp[0](z))
+    assert (lin < 0).any()
+    np.testing.assert_allclose(feats.X, lin.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_include_logits_false_and_extract_features():
+    model = tiny_cnn()
+    x = torch.rand(5, 3, 8, 8)
+    with_logits = FeatureExtractor(model, layers=["0", "4"], device="cpu",
+                                   progress=False).extract(x)
+    without = FeatureExtractor(model, layers=["0", "4"], device="cpu",
+                               progress=False, include_logits=False).extract(x)
+    assert without.X.shape == (5, 9) and not without.layout.has_logits
+    np.testing.assert_array_equal(with_logits.X[:, :9], without.X)
+    np.testing.assert_array_equal(with_logits.logits, without.logits)
+    X, layout = extract_features(model, x, layers=["0", "4"], batch_size=2)
+    np.testing.assert_allclose(X, with_logits.X, rtol=1e-6, atol=1e-7)
+    assert layout == with_logits.layout
+    assert isinstance(with_logits, ExtractedFeatures)
+
+
+# ------------------------------------------------------- hooks, modes, grads
+def test_hooks_removed_and_modes_restored_after_success():
+    model = tiny_cnn()
+    model.train()
+    model[3].eval()  # a mixed state must come back exactly
+    before = [m.training for m in model.modules()]
+    running_mean = model[1].running_mean.clone()
+    feats = FeatureExtractor(model, layers=["0", "1", "4"], device="auto",
+                             progress=False).extract(torch.rand(8, 3, 8, 8))
+    assert all_hooks_empty(model)
+    assert [m.training for m in model.modules()] == before
+    # eval mode was used: BatchNorm statistics did not move
+    torch.testing.assert_close(model[1].running_mean, running_mean)
+    assert all(p.grad is None for p in model.parameters())
+    assert feats.X.shape == (8, 4 + 4 + 5 + 3)
+
+
+class _FailOnSecondBatch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_cnn()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("boom")
+        return self.net(x)
+
+
+def test_hooks_removed_and_modes_restored_after_exception():
+    model = _FailOnSecondBatch()
+    model.train()
+    fx = FeatureExtractor(model, layers=["net.0", "net.4"], device="cpu",
+                          batch_size=4, progress=False)
+    with pytest.raises(RuntimeError, match="boom"):
+        fx.extract(np.random.default_rng(0).random((10, 3, 8, 8), dtype=np.float32))
+    assert model.calls == 2
+    assert all_hooks_empty(model)
+    assert all(m.training for m in model.modules())
+
+
+def test_module_running_twice_or_not_at_all_is_an_error():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.unused = nn.Conv2d(3, 3, 1)
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(self.conv(x)).mean((2, 3)))
+
+    model = Twice()
+    x = torch.rand(2, 3, 4, 4)
+    with pytest.raises(RuntimeError, match="ran twice"):
+        FeatureExtractor(model, layers=["conv"], progress=False).extract(x)
+    with pytest.raises(RuntimeError, match="did not run"):
+        FeatureExtractor(model, layers=["unused"], progress=False).extract(x)
+    assert all_hooks_empty(model)
+
+
+def test_amp_is_ignored_on_cpu():
+    model = tiny_cnn()
+    x = torch.rand(4, 3, 8, 8)
+    a = FeatureExtractor(model, layers=["4"], device="cpu", progress=False).extract(x)
+    b = FeatureExtractor(model, layers=["4"], device="cpu", amp=True,
+                         progress=False).extract(x)
+    np.testing.assert_array_equal(a.X, b.X)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_and_model_moves_back():
+    model = randomise_bn(tiny_cnn())
+    x = torch.rand(16, 3, 8, 8)
+    cpu = FeatureExtractor(model, layers=["1", "4"], device="cpu",
+                           progress=False).extract(x)
+    gpu = FeatureExtractor(model, layers=["1", "4"], device="cuda",
+                           progress=False).extract(x)
+    np.testing.assert_allclose(gpu.X, cpu.X, rtol=1e-3, atol=1e-4)
+    assert next(model.parameters()).device.type == "cpu"
+    amp = FeatureExtractor(model, layers=["1", "4"], device="cuda", amp=True,
+                           progress=False).extract(x)
+    np.testing.assert_allclose(amp.X, cpu.X, rtol=2e-2, atol=2e-2)
+
+
+# ------------------------------------------------------------------ presets
+class _Named(nn.Module):
+    """A module tree with given child names (identity forward)."""
+
+    def __init__(self, spec):
+        super().__init__()
+        for name, sub in spec.items():
+            self.add_module(name, sub)
+
+
+def test_presets():
+    r20 = cifar_resnet(20)
+    expected = [f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3)]
+    assert resolve_layers(r20, "cifar_resnet") == expected
+    assert resolve_layers(r20, "auto") == expected
+    assert resolve_layers(r20, ["linear", "layer1.0"]) == ["linear", "layer1.0"]
+
+    fake50 = _Named({
+        "conv1": nn.Identity(),
+        **{f"layer{s}": nn.Sequential(*[nn.Identity() for _ in range(n)])
+           for s, n in ((1, 3), (2, 4), (3, 6), (4, 3))},
+        "fc": nn.Identity(),
+    })
+    names = resolve_layers(fake50, "resnet50")
+    assert len(names) == 16 and names[0] == "layer1.0" and names[-1] == "layer4.2"
+    assert names[3:7] == ["layer2.0", "layer2.1", "layer2.2", "layer2.3"]
+    assert resolve_layers(fake50, "auto") == names
+    # wrapped in another module (e.g. a normalisation + model Sequential)
+    wrapped = nn.Sequential(nn.Identity(), fake50)
+    assert resolve_layers(wrapped, "resnet50") == ["1." + n for n in names]
+    with pytest.raises(ValueError, match="16 bottlenecks"):
+        resolve_layers(r20, "resnet50")
+
+    inception = _Named({
+        "Conv2d_1a_3x3": nn.Identity(),
+        **{f"Mixed_{k}": _Named({"branch1x1": nn.Identity()})
+           for k in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c")},
+        "fc": nn.Identity(),
+    })
+    names = resolve_layers(inception, "inception_v3")
+    assert names[0] == "Mixed_5b" and names[-1] == "Mixed_7c" and len(names) == 11
+    assert resolve_layers(inception, "auto") == names
+    assert set(LAYER_PRESETS) == {"cifar_resnet", "resnet50", "inception_v3"}
+
+
+def test_layer_errors():
+    model = tiny_cnn()
+    with pytest.raises(ValueError, match="no preset"):
+        resolve_layers(model, "auto")
+    with pytest.raises(ValueError, match="no module"):
+        resolve_layers(model, ["0", "conv9"])
+    with pytest.raises(ValueError, match="twice"):
+        resolve_layers(model, ["0", "0"])
+    with pytest.raises(ValueError, match="cifar_resnet"):
+        resolve_layers(model, "cifar_resnet")
+    with pytest.raises(TypeError, match="layers must be"):
+        resolve_layers(model, 3)
+
+
+def test_input_errors():
+    fx = FeatureExtractor(tiny_cnn(), layers=["0"], progress=False)
+    with pytest.raises(TypeError, match="uint8.*float"):
+        fx.extract(np.zeros((2, 3, 8, 8), dtype=np.int32))
+    with pytest.raises(ValueError, match="3 labels for 2 images"):
+        fx.extract(np.zeros((2, 3, 8, 8), dtype=np.float32), labels=[0, 1, 2])
+    with pytest.raises(TypeError, match="data must be"):
+        fx.extract({"a": 1})
+    with pytest.raises(FileNotFoundError):
+        fx.extract("/nonexistent/folder")
+
+
+# -------------------------------------------------------------- input kinds
+class _ImageDataset(Dataset):
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.images[i]).float() / 255, int(self.labels[i])
+
+
+def _write_folder(root, images, labels, classes):
+    for k, (img, y) in enumerate(zip(images, labels)):
+        d = root / classes[y]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.transpose(1, 2, 0)).save(d / f"{k:04d}.png")
+
+
+def test_all_input_kinds_give_the_same_features(tmp_path):
+    classes = ["cat", "dog", "ship"]
+    imgs = images_uint8(13)
+    labels = np.array([0] * 4 + [1] * 5 + [2] * 4)  # sorted, as a folder lists them
+    root = tmp_path / "split"
+    _write_folder(root, imgs, labels, classes)
+    tar_path = tmp_path / "data.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(root, arcname="test")  # test/<class>/<file>, as shared/data's tars
+
+    model = randomise_bn(tiny_cnn())
+    fx = FeatureExtractor(model, layers=["1", "4"], device="cpu", batch_size=5,
+                          progress=False)
+    ref = fx.extract(imgs.astype(np.float32) / 255, labels=labels)
+    floats = torch.from_numpy(imgs).float() / 255
+    results = {
+        "uint8": fx.extract(imgs, labels=labels),
+        "tensor": fx.extract(floats, labels=labels),
+        "uint8 tensor": fx.extract(torch.from_numpy(imgs), labels=labels),
+        "dataset": fx.extract(_ImageDataset(imgs, labels)),
+        "tensor dataset": fx.extract(TensorDataset(floats, torch.from_numpy(labels))),
+        "loader": fx.extract(DataLoader(_ImageDataset(imgs, labels), batch_size=3)),
+        "folder": fx.extract(root),
+        "folder str": fx.extract(str(root)),
+        "tar": fx.extract(tar_path),
+    }
+    for kind, res in results.items():
+        np.testing.assert_allclose(res.X, ref.X, rtol=1e-5, atol=1e-6, err_msg=kind)
+        np.testing.assert_array_equal(res.labels, labels, err_msg=kind)
+    # a shuffling loader keeps images and labels together
+    shuffled = fx.extract(DataLoader(_ImageDataset(imgs, labels), batch_size=4,
+                                     shuffle=True,
+                                     generator=torch.Generator().manual_seed(0)))
+    order = np.lexsort(shuffled.X.T[::-1])
+    ref_order = np.lexsort(ref.X.T[::-1])
+    np.testing.assert_allclose(shuffled.X[order], ref.X[ref_order], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(shuffled.labels[order], labels[ref_order])
+    # explicit labels override the ones the data carries
+    other = fx.extract(_ImageDataset(imgs, labels), labels=labels[::-1].copy())
+    np.testing.assert_array_equal(other.labels, labels[::-1])
+
+
+def test_load_image_folder_options(tmp_path):
+    classes = ["b_class", "a_class"]
+    imgs = images_uint8(6, seed=1)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    _write_folder(tmp_path / "root", imgs, labels, classes)
+    loaded, y, names = load_image_folder(tmp_path / "root")
+    assert names == ["a_class", "b_class"]  # class index = sorted folder names
+    np.testing.assert_array_equal(y, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(loaded[:3], imgs[3:])
+    np.testing.assert_array_equal(loaded[3:], imgs[:3])
+    assert loaded.dtype == np.uint8 and loaded.shape == (6, 3, 8, 8)
+    sub, y2, _ = load_image_folder(tmp_path / "root", per_class=2)
+    np.testing.assert_array_equal(y2, [0, 0, 1, 1])
+    np.testing.assert_array_equal(sub, loaded[[0, 1, 3, 4]])
+    first, _, _ = load_image_folder(tmp_path / "root", limit=4)
+    np.testing.assert_array_equal(first, loaded[:4])
+    resized, _, _ = load_image_folder(tmp_path / "root", size=(4, 5))
+    assert resized.shape == (6, 3, 5, 4)
+    files, y3, _ = list_image_folder(tmp_path / "root")
+    assert files[0].startswith("a_class/") and len(files) == 6
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "flat" / "x.png")
+    with pytest.raises(ValueError, match="ImageFolder layout"):
+        load_image_folder(tmp_path / "flat")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        load_image_folder(tmp_path / "empty")
