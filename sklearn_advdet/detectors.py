@@ -146,6 +146,8 @@ def balanced_sample_weight(y, attack):
     ``class_weight="balanced"``): a row of group ``g`` weighs
     ``n_samples / (n_groups * n_g)``.  Passed as ``sample_weight`` to the
     detectors' ``fit``, this reproduces the paper's weighted random sampler.
+    A ROC AUC weighted with these weights equals the macro AUC (the mean
+    over attacks of each attack's AUC against all authentic rows).
 
     Parameters
     ----------
@@ -242,11 +244,17 @@ class _SkorchDetector(ClassifierMixin, BaseEstimator):
             dropped before training, so they never reach the net; equal
             weights mean plain shuffling.  :func:`balanced_sample_weight`
             gives the paper's attack balancing.  The validation AUC, if any,
-            is weighted with it too.
+            is weighted with it too; with :func:`balanced_sample_weight` that
+            weighted AUC equals the macro AUC over attacks
+            (:func:`sklearn_advdet.metrics.macro_auc`), the authors' model
+            selection criterion.
         groups : array-like of shape (n_samples,), default=None
             Group of each row (e.g. the source image id), used only when
             ``validation_fraction`` is set: the validation split then keeps
             each group on one side (:class:`~sklearn.model_selection.GroupShuffleSplit`).
+            Under scikit-learn's metadata routing, request or decline it
+            explicitly, e.g. ``set_fit_request(sample_weight=True,
+            groups=False)``, when a search is given ``groups`` for its CV.
 
         Returns
         -------
@@ -502,7 +510,10 @@ class _SkorchDetector(ClassifierMixin, BaseEstimator):
 
 
 def _standardise(X, mean, scale):
-    return ((X - mean) / scale).astype(np.float32)
+    # computed in X's own dtype: no float64 temporary for a float32 X
+    dtype = X.dtype
+    out = (X - mean.astype(dtype)) / scale.astype(dtype)
+    return out.astype(np.float32, copy=False)
 
 
 # rows per forward pass at prediction time
@@ -558,12 +569,12 @@ _COMMON_PARAMS_DOC = """\
     hidden_size : int, default=100
         Width of the hidden state (units of the hidden layer for the MLP).
     dropout : float, default=0.0
-        Dropout probability before the output layer{extra_dropout}. The paper
-        uses none; the authors' code used 0.5 in the MLP.
+        Dropout probability before the output layer{extra_dropout}.
+        The paper uses none; the authors' code used 0.5 in the MLP.
     lr : float, default=3e-4
         Adam learning rate.
     batch_size : int, default=128
-        Mini-batch size (training and prediction).
+        Mini-batch size of training (and of the per-epoch validation pass).
     max_epochs : int, default=100
         Number of training epochs (an upper bound with early stopping).
     validation_fraction : float or None, default=None
@@ -634,7 +645,8 @@ class SequenceLSTMDetector(_SkorchDetector):
         Number of steps of the sequence: the number of embedded layers ``L``
         of a :class:`~sklearn_advdet.PivotEmbedder` output.  Required (the
         default ``None`` raises in ``fit``); ``X``'s column count must be a
-        multiple of it, the step width is ``n_features / n_steps``.
+        multiple of it, the step width is ``n_features / n_steps``.  For a
+        fitted PivotEmbedder ``emb``, ``n_steps=len(emb.layer_indices_)``.
     num_layers : int, default=1
         Number of stacked LSTM layers.
     bidirectional : bool, default=False

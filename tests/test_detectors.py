@@ -208,6 +208,21 @@ def test_balanced_sample_weight_hand_worked():
         assert w[rows].sum() == pytest.approx(10 / 3)
 
 
+def test_balanced_weighted_auc_is_macro_auc():
+    # why the validation AUC weighted with balanced weights is the authors'
+    # macro AUC criterion: checked against the metrics module
+    from sklearn_advdet.metrics import macro_auc
+
+    rng = np.random.RandomState(0)
+    y = rng.randint(2, size=300)
+    attack = np.where(y == 1, rng.choice(["a", "b", "c"], size=300, p=[0.6, 0.3, 0.1]), "")
+    score = np.round(rng.normal(size=300) + y * rng.normal(size=300), 1)  # with ties
+    w = balanced_sample_weight(y, attack)
+    assert roc_auc_score(y, score, sample_weight=w) == pytest.approx(
+        macro_auc(y, score, attack), abs=1e-12
+    )
+
+
 def test_balanced_sample_weight_only_authentic_and_errors():
     np.testing.assert_allclose(balanced_sample_weight([0, 0, 0], ["a", "b", "c"]), 1.0)
     with pytest.raises(ValueError, match="0 \\(authentic\\) and 1"):
