@@ -483,7 +483,7 @@ def build_detection_set(
     ...     random_state=0)
     >>> data.X.shape[1] == data.X_ref.shape[1] == data.layout.n_features
     True
-    >>> sorted(set(data.attack))
+    >>> sorted(set(data.attack.tolist()))
     ['authentic', 'fgsm']
     """
     specs = parse_attacks(attacks)
