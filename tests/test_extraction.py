@@ -183,6 +183,26 @@ def test_module_running_twice_or_not_at_all_is_an_error():
     assert all_hooks_empty(model)
 
 
+def test_iter_extract_batches():
+    model = tiny_cnn()
+    x = torch.rand(10, 3, 8, 8)
+    fx = FeatureExtractor(model, layers=["0", "4"], device="cpu", batch_size=4,
+                          progress=False)
+    gen = fx.iter_extract(x, labels=np.arange(10))
+    parts = list(gen)
+    assert [len(p) for p in parts] == [4, 4, 2]
+    full = fx.extract(x)
+    np.testing.assert_allclose(np.concatenate([p.X for p in parts]), full.X,
+                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(parts[2].labels, [8, 9])
+    assert all_hooks_empty(model)
+    gen = fx.iter_extract(x)
+    next(gen)
+    assert not all_hooks_empty(model)  # alive while the generator is
+    gen.close()
+    assert all_hooks_empty(model)
+
+
 def test_amp_is_ignored_on_cpu():
     model = tiny_cnn()
     x = torch.rand(4, 3, 8, 8)

@@ -461,6 +461,14 @@ def _session(model, names, device, amp):
             model.to(move_back)
 
 
+def _to_numpy(feats, logits):
+    """One device-to-host copy per batch, then split per layer (views)."""
+    sizes = [f.shape[1] for f in feats]
+    block = torch.cat(list(feats) + [logits], dim=1).cpu().numpy()
+    parts = np.split(block, np.cumsum(sizes), axis=1)
+    return parts[:-1], parts[-1]
+
+
 def _progress(total, enabled, desc):
     from tqdm.auto import tqdm
 
@@ -602,8 +610,8 @@ class FeatureExtractor:
         with _session(self.model, names, device, self.amp) as forward:
             for x, y in self._batches(source, 0, n, int(self.batch_size), labels):
                 feats, logits = forward(x)
-                yield self._assemble(names, [[f.cpu().numpy() for f in feats]],
-                                     [logits.cpu().numpy()],
+                f, lg = _to_numpy(feats, logits)
+                yield self._assemble(names, [f], [lg],
                                      None if y is None else [y])
 
     def _assemble(self, names, feat_batches, logit_batches, label_batches):
@@ -647,8 +655,9 @@ class FeatureExtractor:
                 _progress(n, self.progress, "extract") as bar:
             for x, y in self._batches(source, 0, n or 0, int(self.batch_size), labels):
                 feats, logits = forward(x)
-                feat_batches.append([f.cpu().numpy() for f in feats])
-                logit_batches.append(logits.cpu().numpy())
+                f, lg = _to_numpy(feats, logits)
+                feat_batches.append(f)
+                logit_batches.append(lg)
                 label_batches.append(y)
                 bar.update(len(x))
         if not feat_batches:
@@ -727,8 +736,9 @@ class FeatureExtractor:
                         fb, lb, yb = [], [], []
                         for x, y in self._batches(src, lo, hi, bs, labels):
                             feats, logits = forward(x)
-                            fb.append([f.cpu().numpy() for f in feats])
-                            lb.append(logits.cpu().numpy())
+                            f, lg = _to_numpy(feats, logits)
+                            fb.append(f)
+                            lb.append(lg)
                             yb.append(y)
                             bar.update(len(x))
                         layers = [np.concatenate([b[i] for b in fb])
