@@ -193,6 +193,10 @@ def balanced_sample_weight(y, attack):
 class _SkorchDetector(ClassifierMixin, BaseEstimator):
     """Shared fit/predict machinery; subclasses give the torch module."""
 
+    # under metadata routing, ``groups`` handed to a search is meant for its
+    # CV splitter: do not route it to fit unless set_fit_request(groups=True)
+    __metadata_request__fit = {"groups": False}
+
     # ------------------------------------------------------------ subclass API
     def _module_spec(self, n_features):  # pragma: no cover - abstract
         """Return (module class, dict of module kwargs, dict of fitted attrs)."""
@@ -252,9 +256,9 @@ class _SkorchDetector(ClassifierMixin, BaseEstimator):
             Group of each row (e.g. the source image id), used only when
             ``validation_fraction`` is set: the validation split then keeps
             each group on one side (:class:`~sklearn.model_selection.GroupShuffleSplit`).
-            Under scikit-learn's metadata routing, request or decline it
-            explicitly, e.g. ``set_fit_request(sample_weight=True,
-            groups=False)``, when a search is given ``groups`` for its CV.
+            Under scikit-learn's metadata routing ``groups`` is not requested
+            by default (a search's ``groups`` is meant for its CV splitter):
+            ask for it with ``set_fit_request(groups=True)``.
 
         Returns
         -------

@@ -98,8 +98,8 @@ def _expected_failed_checks(estimator):
 
 @parametrize_with_checks(
     [
-        SequenceLSTMDetector(n_steps=1, max_epochs=5, lr=2e-2, batch_size=32),
-        MLPDetector(max_epochs=5, lr=2e-2, batch_size=32),
+        SequenceLSTMDetector(n_steps=1, hidden_size=16, max_epochs=3, lr=5e-2, batch_size=32),
+        MLPDetector(hidden_size=16, max_epochs=3, lr=5e-2, batch_size=32),
     ],
     expected_failed_checks=_expected_failed_checks,
 )
@@ -464,9 +464,9 @@ def test_grid_search_routes_sample_weight(cls):
     groups = np.arange(240) // 2
     w = np.where(np.arange(240) % 3 == 0, 3.0, 1.0)
     def pipeline(**params):
-        det = _fast(cls, max_epochs=3, **params).set_fit_request(
-            sample_weight=True, groups=False
-        )
+        # groups (given to the search for GroupKFold) is not requested by
+        # default, so it needs no set_fit_request(groups=False)
+        det = _fast(cls, max_epochs=3, **params).set_fit_request(sample_weight=True)
         scale = StandardScaler().set_fit_request(sample_weight=False)
         return Pipeline([("scale", scale), ("det", det)])
 
@@ -483,9 +483,23 @@ def test_grid_search_routes_sample_weight(cls):
         best = search.best_params_["det__hidden_size"]
         by_hand = pipeline(hidden_size=best).fit(X, y, sample_weight=w)
         unweighted = pipeline(hidden_size=best).fit(X, y)
+    requests = search.best_estimator_[-1].get_metadata_routing().fit.requests
+    assert requests == {"sample_weight": True, "groups": False}
     assert set(search.cv_results_["param_det__hidden_size"]) == {8, 16}
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
     proba = search.best_estimator_.predict_proba(X)
     # the refit received the weights: identical to a weighted fit by hand
     np.testing.assert_array_equal(proba, by_hand.predict_proba(X))
     assert not np.array_equal(proba, unweighted.predict_proba(X))
+
+
+def test_groups_routed_on_request():
+    X, y = make_trajectories(200, seed=0)
+    groups = np.arange(200) // 5
+    with sklearn.config_context(enable_metadata_routing=True):
+        det = _fast(MLPDetector, max_epochs=2, validation_fraction=0.3)
+        pipe = Pipeline([("det", det.set_fit_request(groups=True))])
+        pipe.fit(X, y, groups=groups)
+    fitted = pipe[-1]
+    tr, va = fitted.train_indices_, fitted.validation_indices_
+    assert np.intersect1d(groups[tr], groups[va]).size == 0
