@@ -29,7 +29,7 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from ._layout import FeatureLayout, check_layout
@@ -56,6 +56,9 @@ _AUTO_ANN_MIN_QUERIES = 64
 # the cancellation of the |q|^2 - 2 q.r + |r|^2 expansion; they are recomputed
 # from the coordinates (which gives an exact 0 for identical vectors).
 _RECOMPUTE_RTOL = 1e-6
+# below this many query x reference pairs the exact search is one numpy GEMM
+# (scikit-learn's OpenMP reduction costs more to start than it saves)
+_SMALL_BRUTE = 2**20
 
 
 # ---------------------------------------------------------------- scoring core
@@ -104,29 +107,43 @@ def knn_class_scores(neighbor_labels, neighbor_distances, predicted, weights="un
             f"{labels.shape} and {predicted.shape}"
         )
     match = labels == predicted[:, None]
-    k = labels.shape[1]
-    if k == 0:
+    if labels.shape[1] == 0:
         return np.zeros(labels.shape[0])
+    w = _neighbor_weights(labels.shape, neighbor_distances, weights)
+    return (w * match).sum(axis=1) / w.sum(axis=1)
+
+
+def _neighbor_weights(shape, neighbor_distances, weights):
+    """(n_queries, k) weights of the neighbours, nearest first."""
+    n, k = shape
     if weights == "uniform":
-        return match.mean(axis=1)
+        return np.ones(shape)
     if weights == "rank":
-        w = 1.0 / np.arange(1, k + 1, dtype=float)
-        return (match @ w) / w.sum()
+        return np.broadcast_to(1.0 / np.arange(1, k + 1, dtype=float), shape)
     if weights == "distance":
         d = np.asarray(neighbor_distances, dtype=float)
-        if d.shape != labels.shape:
+        if d.shape != tuple(shape):
             raise ValueError(
-                f"neighbor_distances has shape {d.shape}, expected {labels.shape}"
+                f"neighbor_distances has shape {d.shape}, expected {tuple(shape)}"
             )
         zero = d == 0.0
         has_zero = zero.any(axis=1)
         with np.errstate(divide="ignore"):
             w = 1.0 / np.square(d)
         w[has_zero] = zero[has_zero]
-        return (w * match).sum(axis=1) / w.sum(axis=1)
+        return w
     raise ValueError(
         f"weights must be 'uniform', 'rank' or 'distance', got {weights!r}"
     )
+
+
+def _majority_scores(labels, dist, n_classes, weights):
+    """Score of the neighbours' own weighted-majority class (ties: lowest class)."""
+    w = _neighbor_weights(labels.shape, dist, weights)
+    votes = np.zeros((labels.shape[0], n_classes))
+    for c in range(n_classes):
+        votes[:, c] = (w * (labels == c)).sum(axis=1)
+    return votes.max(axis=1) / w.sum(axis=1)
 
 
 def _sorted_neighbors(Q, R, r_sqnorm, idx, dist):
@@ -176,7 +193,10 @@ class _ExactIndex:
     def query(self, Q, k):
         n_ref = self.data.shape[0]
         k_ask = min(k + 1, n_ref)
-        dist, idx = self.nn.kneighbors(Q, n_neighbors=k_ask)
+        if Q.shape[0] * n_ref <= _SMALL_BRUTE:
+            dist, idx = self._small_query(Q, k_ask)
+        else:
+            dist, idx = self.nn.kneighbors(Q, n_neighbors=k_ask)
         idx, dist = _sorted_neighbors(Q, self.data, self.sqnorm, idx, dist)
         if k_ask > k:
             tied = np.flatnonzero(dist[:, k - 1] == dist[:, k])
@@ -184,6 +204,19 @@ class _ExactIndex:
             for r in tied:
                 idx[r], dist[r] = _exact_row(Q[r], self.data, k)
         return idx, dist
+
+
+    def _small_query(self, Q, k):
+        # one float64 GEMM, no thread pool to wake: small problems only
+        Q64 = Q.astype(np.float64)
+        d2 = self.sqnorm[None, :] - 2.0 * (Q64 @ self.data.T.astype(np.float64))
+        d2 += np.einsum("ij,ij->i", Q64, Q64)[:, None]
+        np.maximum(d2, 0.0, out=d2)
+        if k < d2.shape[1]:
+            idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        else:
+            idx = np.broadcast_to(np.arange(d2.shape[1]), d2.shape).copy()
+        return np.sqrt(np.take_along_axis(d2, idx, axis=1)), idx
 
 
 class _PynndescentIndex:
@@ -267,9 +300,12 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
     layer_sizes : FeatureLayout or tuple of int or None, default=None
         Column layout of ``X``. A tuple lists the block widths in column
         order, the **last one being the logits block**. A FeatureLayout must
-        have ``has_logits=True``. ``None`` reads ``X`` as a single hidden
-        layer followed by a logits block of ``max(y) + 1`` columns (every
-        class present in the reference labels ``y``).
+        have ``has_logits=True`` (otherwise fit raises). ``None`` is a
+        fallback for ``X`` without logits: all columns are one hidden layer
+        and, the DNN's prediction being unknown, the score is that of the
+        neighbours' own weighted-majority class (the kNN's confidence; ties go
+        to the first class); ``y`` may then hold any labels. The paper's
+        method needs the logits: pass the layout.
     layers : "all", int, str or list of them, default=-1
         Hidden layers to score, by index or name; one output column each.
         The default, the last hidden layer, is the paper's set-up (one layer
@@ -326,9 +362,10 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
     backend_ : str
         ``"exact"`` or ``"pynndescent"``: index built in fit.
     classes_ : ndarray
-        Class indices present in the reference set.
+        Class indices present in the reference set (labels, without logits).
     n_classes_ : int
-        Width of the logits block (number of classes of the DNN).
+        Width of the logits block (number of classes of the DNN); without
+        logits, the number of reference classes.
     preprocessors_ : list
         Fitted per-layer preprocessing (``None``, ``"l2"`` or a ``PCA``).
     n_features_in_ : int
@@ -409,16 +446,9 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         self.random_state = random_state
 
     # ----------------------------------------------------------------- layout
-    def _resolve_layout(self, n_features, y):
+    def _resolve_layout(self, n_features):
         if self.layer_sizes is None:
-            n_logits = int(y.max()) + 1
-            if n_features <= n_logits:
-                raise ValueError(
-                    f"X has {n_features} feature(s) but layer_sizes=None reads it "
-                    f"as one hidden layer followed by {n_logits} logit columns "
-                    "(max(y) + 1): pass layer_sizes with the logits block last"
-                )
-            return FeatureLayout([n_features - n_logits, n_logits], has_logits=True)
+            return FeatureLayout([n_features])
         layout = check_layout(self.layer_sizes, n_features, logits_last=True)
         if not layout.has_logits:
             raise ValueError(
@@ -470,9 +500,15 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         """
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=False)
-        y = _check_class_labels(y, None)
-        layout = self._resolve_layout(X.shape[1], y)
-        y = _check_class_labels(y, layout.n_logits)
+        layout = self._resolve_layout(X.shape[1])
+        if layout.has_logits:
+            y = _check_class_labels(y, layout.n_logits)
+            classes = np.unique(y)
+            n_classes = layout.n_logits
+        else:  # no logits: any labels, encoded as 0..C-1
+            check_classification_targets(y)
+            classes, y = np.unique(y, return_inverse=True)
+            n_classes = classes.size
         layers = layout.select(self.layers)
         n_ref = X.shape[0]
         k = min(self.n_neighbors, n_ref)
@@ -497,8 +533,8 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         self.layers_ = layers
         self.n_neighbors_ = int(k)
         self.backend_ = backend
-        self.classes_ = np.unique(y)
-        self.n_classes_ = layout.n_logits
+        self.classes_ = classes
+        self.n_classes_ = int(n_classes)
         self.preprocessors_ = preprocessors
         self.ref_labels_ = y
         self._indexes = indexes
@@ -554,7 +590,8 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features)
             Same layout as in fit; the argmax of the logits block is the
-            predicted class (the first maximum on a tie).
+            predicted class (the first maximum on a tie). Without logits
+            (``layer_sizes=None``) see ``layer_sizes``.
 
         Returns
         -------
@@ -563,13 +600,19 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        predicted = np.argmax(X[:, self.layout_.logits_slice], axis=1)
         out = np.empty((X.shape[0], len(self.layers_)), dtype=np.float64)
+        if self.layout_.has_logits:
+            predicted = np.argmax(X[:, self.layout_.logits_slice], axis=1)
         for pos in range(len(self.layers_)):
             idx, dist = self._query(X, pos)
-            out[:, pos] = knn_class_scores(
-                self.ref_labels_[idx], dist, predicted, self.weights
-            )
+            if self.layout_.has_logits:
+                out[:, pos] = knn_class_scores(
+                    self.ref_labels_[idx], dist, predicted, self.weights
+                )
+            else:
+                out[:, pos] = _majority_scores(
+                    self.ref_labels_[idx], dist, self.n_classes_, self.weights
+                )
         return out
 
     def get_feature_names_out(self, input_features=None):
@@ -601,7 +644,8 @@ class ScoreThresholdDetector(ClassifierMixin, BaseEstimator):
     ``direction="low"`` (kNN class scores, where a low score means "do not
     trust the prediction") it is ``-score - threshold_``, with
     ``direction="high"`` it is ``score - threshold_``; ``predict`` says
-    adversarial (the larger class label, normally 1) where it is ``>= 0``.
+    adversarial (the larger class label, normally 1) where the signed score
+    is ``>= threshold_``.
     The threshold is chosen on the data given to ``fit`` (validation data):
     at the equal-error rate (:func:`sklearn_advdet.metrics.eer_threshold`) or
     at the lowest threshold whose false-positive rate on the authentic rows
@@ -684,13 +728,18 @@ class ScoreThresholdDetector(ClassifierMixin, BaseEstimator):
 
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-        target_type = type_of_target(y, input_name="y")
+        target_type = type_of_target(y, input_name="y", raise_unknown=True)
         classes = np.unique(y)
-        if target_type != "binary" or classes.size != 2:
+        if classes.size < 2:
             raise ValueError(
-                "ScoreThresholdDetector is a binary detector: y must hold exactly "
-                f"two classes (authentic, adversarial), got {classes.size} "
-                f"({target_type} target)"
+                "y holds 1 class: ScoreThresholdDetector needs both authentic and "
+                "adversarial rows to choose its threshold"
+            )
+        if target_type != "binary":
+            raise ValueError(
+                "Only binary classification is supported. The type of the target "
+                f"is {target_type}: y must hold exactly two classes (authentic, "
+                "adversarial)"
             )
         s = self._signed(X)
         y01 = (y == classes[1]).astype(int)
@@ -710,15 +759,21 @@ class ScoreThresholdDetector(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X):
-        """Signed score minus threshold: ``>= 0`` means adversarial."""
+        """Signed score minus threshold: ``> 0`` means adversarial.
+
+        The threshold is inclusive (signed score ``>= threshold_`` is
+        adversarial), so the value subtracted is the float just below
+        ``threshold_``: a score exactly at the threshold gives a tiny
+        positive value, as scikit-learn's ``decision_function > 0`` rule needs.
+        """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        return self._signed(X) - self.threshold_
+        return self._signed(X) - np.nextafter(self.threshold_, -np.inf)
 
     def predict(self, X):
         """Class label: ``classes_[1]`` (adversarial) where the score reaches the threshold."""
         d = self.decision_function(X)
-        return self.classes_[(d >= 0).astype(int)]
+        return self.classes_[(d > 0).astype(int)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
