@@ -386,6 +386,13 @@ def test_run_attack_is_seeded_and_passes_targets(digits, batch):
     assert not torch.equal(res.target[:8] - y[:8], res.target[8:16] - y[8:16])
 
 
+def test_run_attack_progress_bar(digits, batch, capsys):
+    x, y = batch[0][:20], batch[1][:20]
+    res = run_attack("fgsm", digits[0], x, y, eps=EPS, batch_size=8, progress=True)
+    assert len(res) == 20
+    assert "fgsm" in capsys.readouterr().err
+
+
 def test_run_attack_empty_input(digits):
     res = run_attack("pgd", digits[0], np.zeros((0, 1, 8, 8), np.float32),
                      np.zeros(0, int), eps=EPS)

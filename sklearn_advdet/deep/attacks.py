@@ -21,8 +21,9 @@ The attacks and their defaults:
 ``gaussian_noise``          Gaussian noise (``std=eps/2`` by default).
 ``sign_noise``              The NIPS 2017 toolkit's random noise: +/-eps per
                             pixel.
-``iterative_target_class``  The NIPS 2017 toolkit's baseline: 20 steps of
-                            1/255 toward a fixed random target class.
+``iterative_target_class``  The NIPS 2017 toolkit's baseline: steps of
+                            1/255 toward a fixed random target class (20, or
+                            more where the budget needs them).
 ==========================  ===================================================
 
 Each attack returns an :class:`AttackResult` with the adversarial images and a
