@@ -11,13 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .cli import UsageError
+from .datasets import load_detection_set, save_detection_set
 
-_DETECTION_FILE = "detection_set.npz"
-_DETECTION_ARRAYS = (
-    "X_ref", "y_ref", "X", "y", "groups", "attack", "eps", "true_class",
-    "pred_class", "X_errors", "errors_groups", "errors_true_class",
-    "errors_pred_class",
-)
 
 
 def _log(args, *msg):
@@ -55,43 +50,6 @@ def _load_images(path, limit, what, seed=0):
             keep = np.sort(keep)
             images, labels = images[keep], labels[keep]
     return images, labels, classes
-
-
-# ------------------------------------------------------------ detection sets
-def save_detection_set(data, path):
-    """Write a detection-set Bunch to ``path/detection_set.npz`` atomically."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.asarray(data[k]) for k in _DETECTION_ARRAYS}
-    arrays["attack"] = arrays["attack"].astype("U")
-    arrays["layout"] = np.array(json.dumps(data["layout"].to_dict()))
-    tmp = path / (_DETECTION_FILE + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path / _DETECTION_FILE)
-
-
-def load_detection_set(path):
-    """Read what :func:`save_detection_set` wrote (no torch needed)."""
-    from sklearn.utils import Bunch
-
-    from ._layout import FeatureLayout
-
-    path = Path(path)
-    file = path / _DETECTION_FILE if path.is_dir() else path
-    if not file.exists():
-        raise UsageError(
-            f"{path} is not a detection set: run `advdet attack ... --out {path}` first"
-        )
-    try:
-        with np.load(file, allow_pickle=False) as npz:
-            out = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read detection set {file}: {exc}") from None
-    missing = [k for k in _DETECTION_ARRAYS if k not in out]
-    if missing or "layout" not in out:
-        raise UsageError(f"{file} is not a complete detection set (missing {missing})")
-    layout = FeatureLayout.from_dict(json.loads(str(out.pop("layout"))))
-    return Bunch(layout=layout, layer_sizes=layout, **out)
 
 
 # ------------------------------------------------------------------ commands
@@ -152,13 +110,13 @@ def cmd_attack(args):
         batch_size=args.batch_size, random_state=args.seed,
         progress=not args.quiet, out_dir=out / "stores", noise_attacks=(),
     )
-    save_detection_set(data, out)
+    written = save_detection_set(data, out)
     for info in data.attack_summary:
         _log(args, f"  {info['name']}: {info['n_adversarial']} of "
                    f"{info['n_attacked']} attacked images became adversarial")
     _log(args, f"detection set: {int((data.y == 0).sum())} authentic, "
                f"{int(data.y.sum())} adversarial, {len(data.X_errors)} natural errors "
-               f"-> {out / _DETECTION_FILE}")
+               f"-> {written}")
     return 0
 
 

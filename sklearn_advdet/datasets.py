@@ -27,6 +27,8 @@ __all__ = [
     "get_data_home",
     "clear_data_home",
     "load_feature_store",
+    "save_detection_set",
+    "load_detection_set",
     "load_digits_detection",
     "DIGITS_DETECTION_CONFIG",
 ]
@@ -125,6 +127,81 @@ def load_feature_store(path, *, mmap_mode="r"):
         metadata=store.metadata,
         store=store,
     )
+
+
+_DETECTION_FILE = "detection_set.npz"
+_DETECTION_ARRAYS = (
+    "X_ref", "y_ref", "X", "y", "groups", "attack", "eps", "true_class",
+    "pred_class", "X_errors", "errors_groups", "errors_true_class",
+    "errors_pred_class",
+)
+
+
+def save_detection_set(data, path):
+    """Write a detection set to ``path/detection_set.npz`` (atomically).
+
+    Parameters
+    ----------
+    data : Bunch
+        As returned by :func:`sklearn_advdet.deep.detection.build_detection_set`
+        or :func:`load_digits_detection`.
+    path : str or path-like
+        Folder to write into (created if needed).
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    path = Path(path)
+    missing = [k for k in _DETECTION_ARRAYS if k not in data]
+    if missing:
+        raise ValueError(f"not a detection set: it lacks {missing}")
+    path.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.asarray(data[k]) for k in _DETECTION_ARRAYS}
+    arrays["attack"] = arrays["attack"].astype("U")
+    arrays["layout"] = np.array(json.dumps(data["layer_sizes"].to_dict()))
+    final = path / _DETECTION_FILE
+    tmp = path / (_DETECTION_FILE + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, final)
+    return final
+
+
+def load_detection_set(path):
+    """Read a detection set written by :func:`save_detection_set` (no torch).
+
+    ``advdet attack`` writes one; ``advdet fit`` and ``advdet evaluate`` read it.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The folder (or the ``.npz`` file itself).
+
+    Returns
+    -------
+    data : sklearn.utils.Bunch
+        ``X_ref``, ``y_ref``, ``X``, ``y``, ``groups``, ``attack``, ``eps``,
+        ``true_class``, ``pred_class``, the natural errors (``X_errors``,
+        ``errors_*``) and ``layer_sizes`` (FeatureLayout).
+    """
+    path = Path(path)
+    file = path / _DETECTION_FILE if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(
+            f"{path} is not a detection set (no {_DETECTION_FILE}): write one with "
+            "save_detection_set or `advdet attack ... --out DIR`"
+        )
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            out = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read detection set {file}: {exc}") from None
+    missing = [k for k in _DETECTION_ARRAYS if k not in out]
+    if missing or "layout" not in out:
+        raise ValueError(f"{file} is not a complete detection set (it lacks {missing})")
+    layout = FeatureLayout.from_dict(json.loads(str(out.pop("layout"))))
+    return Bunch(layer_sizes=layout, layout=layout, **out)
 
 
 # --------------------------------------------------------------- digits set

@@ -130,3 +130,34 @@ def test_chain_on_cifar(shared_data, tmp_path, capsys):
                          "--method", "mlp", "--max-epochs", "2",
                          "--out", str(tmp_path / "m2"), "--quiet"], capsys)
     assert rc == 0, err  # same model and layers: accepted
+
+
+def test_detection_set_round_trip(tmp_path):
+    from sklearn.utils import Bunch
+
+    from sklearn_advdet import FeatureLayout
+    from sklearn_advdet.datasets import load_detection_set, save_detection_set
+
+    rng = np.random.default_rng(0)
+    layout = FeatureLayout([3, 2, 4], names=["a", "b", "logits"], has_logits=True)
+    n = 7
+    data = Bunch(
+        X_ref=rng.random((5, 9), dtype=np.float32), y_ref=np.arange(5) % 4,
+        X=rng.random((n, 9), dtype=np.float32), y=np.array([0, 0, 1, 1, 1, 0, 1]),
+        groups=np.arange(n), attack=np.array(["authentic"] * 2 + ["fgsm"] * 3 + ["authentic", "pgd"]),
+        eps=rng.random(n), true_class=np.zeros(n, int), pred_class=np.ones(n, int),
+        X_errors=rng.random((2, 9), dtype=np.float32), errors_groups=np.array([9, 10]),
+        errors_true_class=np.array([1, 2]), errors_pred_class=np.array([2, 1]),
+        layer_sizes=layout,
+    )
+    file = save_detection_set(data, tmp_path / "d")
+    assert file.name == "detection_set.npz"
+    assert not list((tmp_path / "d").glob("*.tmp*"))
+    back = load_detection_set(tmp_path / "d")
+    assert back.layer_sizes == layout
+    for key in ("X", "X_ref", "y", "attack", "eps", "errors_groups"):
+        np.testing.assert_array_equal(back[key], data[key])
+    with pytest.raises(ValueError, match="lacks"):
+        save_detection_set(Bunch(X=data.X), tmp_path / "e")
+    with pytest.raises(FileNotFoundError, match="not a detection set"):
+        load_detection_set(tmp_path / "e")
