@@ -306,6 +306,7 @@ def main(argv=None):
     p.add_argument("--max-ann-ref", type=int, default=300_000,
                    help="skip pynndescent above this reference size (its build is long)")
     p.add_argument("--no-real", action="store_true", help="do not use ../shared/data")
+    p.add_argument("--skip-small", action="store_true", help="only the large synthetic set(s)")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "advdet_bench_knn"))
     p.add_argument("--timeout", type=int, default=3600)
     p.add_argument("--out", default=str(RESULTS))
@@ -319,7 +320,7 @@ def main(argv=None):
     sections, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         small_n = 10_000 if args.quick else 50_000
-        real = (not args.no_real) and (SHARED / "cifar10-jpeg" / "train.tar").exists() \
+        real = (not args.no_real) and not args.skip_small and (SHARED / "cifar10-jpeg" / "train.tar").exists() \
             and (SHARED / "weights" / "resnet20-12fca82f.th").exists() and not args.quick
         if real:
             ref, q, how = cifar_features(args.cache, args.n_queries)
@@ -332,8 +333,9 @@ def main(argv=None):
             name = f"clustered {small_n}x64"
             if not args.quick:
                 notes.append("real CIFAR data not found: 50,000 x 64 is synthetic.")
-        rows, skipped = bench_dataset("small", ref, q, args, tmp)
-        sections.append(fmt_table(name, rows, skipped, len(q), min(args.k, len(ref))))
+        if not args.skip_small:
+            rows, skipped = bench_dataset("small", ref, q, args, tmp)
+            sections.append(fmt_table(name, rows, skipped, len(q), min(args.k, len(ref))))
         for n in args.n_ref:
             ref = clustered(n, args.dim, 0)
             q = clustered(args.n_queries, args.dim, 0)
