@@ -25,7 +25,18 @@ extensions = [
 ]
 
 autosummary_generate = True
-autodoc_default_options = {"members": True, "inherited-members": False}
+# the metadata-routing setters and sklearn's inherited methods carry
+# docstrings with references into scikit-learn's own docs
+autodoc_default_options = {
+    "members": True,
+    "inherited-members": False,
+    "exclude-members": ",".join(
+        f"set_{m}_request" for m in (
+            "fit", "score", "transform", "predict", "predict_proba",
+            "decision_function", "inverse_transform", "partial_fit", "split",
+        )
+    ) + ",get_metadata_routing,score,set_output,fit_transform,get_params,set_params",
+}
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 # numpydoc's validation is run by the tests on our own docstrings; here only build

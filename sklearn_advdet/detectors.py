@@ -608,9 +608,9 @@ _COMMON_ATTRS_DOC = """\
         ``[0, 1]``: authentic, adversarial.
     n_features_in_ : int
         Number of columns of X seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names, when X has string column names.
-    mean_, scale_ : ndarray of shape (n_features_in_,)
+    mean_, scale_ : ndarray of shape (`n_features_in_`,)
         Per-column standardisation fitted on the training rows (a constant
         column gets scale 1).
     net_ : skorch.NeuralNetBinaryClassifier

@@ -331,7 +331,7 @@ class PivotEmbedder(TransformerMixin, BaseEstimator):
         Row of the reference set chosen as each medoid (None for centroids).
     n_features_in_ : int
         Number of columns of ``X`` seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names of ``X``, when it had string column names.
 
     See Also

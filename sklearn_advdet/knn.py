@@ -565,8 +565,8 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        distances : ndarray of shape (n_samples, n_neighbors_)
-        indices : ndarray of shape (n_samples, n_neighbors_)
+        distances : ndarray of shape (n_samples, `n_neighbors_`)
+        indices : ndarray of shape (n_samples, `n_neighbors_`)
             Reference row indices, ordered by (distance, index).
         """
         check_is_fitted(self)

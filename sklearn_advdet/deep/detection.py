@@ -171,6 +171,7 @@ def parse_attacks(attacks):
           ``name``, ``eps``, ``params`` (and optionally ``label``,
           ``max_images``), or an :class:`AttackSpec`;
         * a dict ``{name: eps}``.
+
         ``eps`` may be a list of budgets (one configuration each).  In
         ``params``, the keys ``label`` (the ``attack`` column's value, to tell
         apart two configurations of the same attack) and ``max_images`` (attack
