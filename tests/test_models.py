@@ -81,8 +81,23 @@ def test_load_prefixed_checkpoint_and_depth_mismatch(tmp_path):
         cifar_resnet(20, weights=[1, 2])
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the 10,000-image runs, restored afterwards.
+
+    On a 2-core machine shared with other jobs, two OpenMP threads spin-wait
+    for each other and run ~4x slower than one (benchmarks/results/
+    bench_extraction.md); one thread keeps these tests near 30 s in any case.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.shared_data
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize(
     "depth, filename, expected",
     [(20, "resnet20-12fca82f.th", 0.810), (56, "resnet56-4bfd9763.th", 0.832)],

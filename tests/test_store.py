@@ -80,6 +80,7 @@ def test_round_trip_matches_in_memory_extraction(tmp_path, data):
     files = set(os.listdir(tmp_path / "s"))
     assert {"logits.npy", "predictions.npy", "labels.npy", "meta_source_id.npy",
             "meta_attack.npy", "000_0.npy", "001_1.npy", "002_4.npy"} <= files
+    assert "_chunks" not in files  # commit markers are dropped once complete
     # plain numpy reads it as well
     np.testing.assert_array_equal(np.load(tmp_path / "s" / "logits.npy"), mem.logits)
     # get_X subsets

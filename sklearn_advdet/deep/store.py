@@ -9,7 +9,8 @@ A store is a directory::
     predictions.npy        (count,) int64: argmax of the logits
     labels.npy             (count,) int64 true classes (when known)
     meta_<name>.npy        (count, ...) per-sample metadata arrays
-    _chunks/<k>            one marker per committed chunk (while writing)
+    _chunks/<k>            one marker per committed chunk (while writing;
+                           removed once the store is complete)
 
 Writing: every array is pre-allocated with :func:`numpy.lib.format.open_memmap`
 and filled chunk by chunk (chunk ``k`` = rows ``[k * chunk_size, (k + 1) *
@@ -29,6 +30,7 @@ Reading needs only numpy: this module does not import torch.
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -655,6 +657,8 @@ class FeatureStoreWriter:
         manifest = dict(self.manifest, complete=True)
         _atomic_write_json(self.path / _MANIFEST, manifest)
         self.manifest = manifest
+        # the markers are no longer needed once the manifest says complete
+        shutil.rmtree(self.path / _CHUNKS, ignore_errors=True)
         return True
 
     def close(self):
