@@ -471,7 +471,10 @@ def _markdown(res):
     out += ["", "Per attack: that family's adversarial rows vs all authentic rows, each at "
             "its own EER threshold; aggregated: every attack pooled, one threshold; "
             f"natural errors flagged: share of the {d['n_natural_errors']} natural errors "
-            "whose score is at or below the aggregated EER threshold.", ""]
+            "whose score is at or below the aggregated EER threshold. A low class score "
+            "means adversarial; an EER accuracy below 0.5 means that attack's adversarial "
+            "images get *higher* scores for their (wrong) predicted class than the "
+            "authentic images get for theirs.", ""]
     out += ["## Deviations from the papers", ""]
     out += [f"- {x}" for x in c["deviations"]]
     out += ["", "## Timings (s)", ""]
