@@ -331,7 +331,7 @@ def main(argv=None):
             q = clustered(args.n_queries, 64, 0)[: args.n_queries]
             q = q + np.random.default_rng(1).normal(scale=0.5, size=q.shape).astype(np.float32)
             name = f"clustered {small_n}x64"
-            if not args.quick:
+            if not args.quick and not args.skip_small:
                 notes.append("real CIFAR data not found: 50,000 x 64 is synthetic.")
         if not args.skip_small:
             rows, skipped = bench_dataset("small", ref, q, args, tmp)

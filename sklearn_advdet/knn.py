@@ -345,7 +345,9 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         compilation once per process) and then 2.3 s for the same 1,000
         queries (recall 1.0 at epsilon 0.2): it never pays its build back.
         At 1,000,000 x 256 (synthetic clusters) the exact search took
-        36-60 s per 1,000 queries (0.5-0.9 s per single query); pynndescent
+        17-63 s per 1,000 queries in two runs (about 20 % more CPU than bare
+        scikit-learn brute force: the price of the tie and zero-distance
+        handling) and 0.25-0.5 s per single query; pynndescent
         was not run at that size (its build, already 71 s at 50,000 x 64,
         grows faster than linearly). The 2,000,000 threshold is therefore an
         extrapolation: below it, "auto" is the exact search.
