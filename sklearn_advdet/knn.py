@@ -170,15 +170,24 @@ def _sorted_neighbors(Q, R, r_sqnorm, idx, dist):
     )
 
 
-def _exact_row(q, R, k, chunk=65536):
-    """k nearest references of one query, exact float64, ties by index."""
-    q = q.astype(np.float64)
-    d = np.empty(R.shape[0])
-    for s in range(0, R.shape[0], chunk):
-        diff = R[s : s + chunk].astype(np.float64) - q
-        d[s : s + chunk] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-    order = np.lexsort((np.arange(d.size), d))[:k]
-    return order, d[order]
+def _exact_row(q, R, sqnorm, k):
+    """k nearest references of one query, exact float64, ties by index.
+
+    A GEMV in the data's precision finds every reference that can be among
+    the k nearest (within a rounding-error bound of the k-th value); only
+    those are recomputed exactly from the coordinates.
+    """
+    q64 = q.astype(np.float64)
+    qn = float(q64 @ q64)
+    approx = sqnorm - 2.0 * (R @ q.astype(R.dtype)).astype(np.float64) + qn
+    eps = np.finfo(R.dtype).eps
+    bound = 4.0 * R.shape[1] * eps * (np.sqrt(sqnorm.max() * qn) + sqnorm.max() + qn) + 1e-300
+    kth = np.partition(approx, k - 1)[k - 1]
+    cand = np.flatnonzero(approx <= kth + 2.0 * bound)
+    diff = R[cand].astype(np.float64) - q64
+    d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    order = np.lexsort((cand, d))[:k]
+    return cand[order], d[order]
 
 
 class _ExactIndex:
@@ -206,7 +215,7 @@ class _ExactIndex:
             tied = np.flatnonzero(dist[:, k - 1] == dist[:, k])
             idx, dist = idx[:, :k].copy(), dist[:, :k].copy()
             for r in tied:
-                idx[r], dist[r] = _exact_row(Q[r], self.data, k)
+                idx[r], dist[r] = _exact_row(Q[r], self.data, self.sqnorm, k)
         return idx, dist
 
 

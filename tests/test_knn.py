@@ -468,3 +468,17 @@ def test_knn_evaluation_matches_direct_computation(detection_problem):
     assert "natural_errors_caught" not in r
     with pytest.raises(ValueError, match="layer names"):
         knnmod.knn_evaluation(S, y, attack, layer_names=["a"])
+
+
+def test_tie_reranking_row_is_exact():
+    # the per-row re-ranking used when sklearn's k-th and (k+1)-th distances tie
+    rng = np.random.RandomState(8)
+    R = rng.normal(size=(3000, 24)).astype(np.float32)
+    R[100:110] = R[5]  # exact duplicates: a tie block
+    sq = np.einsum("ij,ij->i", R, R, dtype=np.float64)
+    for q, k in [(R[5], 4), (R[5], 11), (R[7] + 0.01, 50)]:
+        idx, dist = knnmod._exact_row(q, R, sq, k)
+        D = cdist(q[None].astype(np.float64), R.astype(np.float64))[0]
+        want = np.lexsort((np.arange(D.size), D))[:k]
+        np.testing.assert_array_equal(idx, want)
+        np.testing.assert_allclose(dist, D[want], rtol=1e-12)
