@@ -99,6 +99,7 @@ SIZES = {
 }
 
 _SPLIT = (0.7, 0.1, 0.2)
+_KNN_CHUNK = 8192  # query rows per neighbour search
 _DEPTHS = (20, 32, 44, 56, 110)
 
 
@@ -342,10 +343,16 @@ def _paper2(data, cfg, n_jobs, random_state, log):
             scorer = KNNClassScorer(layer_sizes=layout, layers=[layer], n_neighbors=k,
                                     preprocessing=pre, backend="exact", n_jobs=n_jobs,
                                     random_state=random_state).fit(data.X_ref, data.y_ref)
-            dist, idx = scorer.kneighbors(Q)
-            labels = scorer.ref_labels_[idx]
+            all_scores = {w: np.empty(len(Q)) for _, w in _KNN_WEIGHTS}
+            for lo in range(0, len(Q), _KNN_CHUNK):  # bounded memory: k per row
+                hi = min(lo + _KNN_CHUNK, len(Q))
+                dist, idx = scorer.kneighbors(Q[lo:hi])
+                labels = scorer.ref_labels_[idx]
+                for _, w in _KNN_WEIGHTS:
+                    all_scores[w][lo:hi] = knn_class_scores(labels, dist,
+                                                            predicted[lo:hi], w)
             for w_name, w in _KNN_WEIGHTS:
-                s = knn_class_scores(labels, dist, predicted, w)
+                s = all_scores[w]
                 ev = knn_evaluation(s[:n_det], data.y, data.family,
                                     layer_names=[layer])[layer]
                 nat = s[n_det:]
