@@ -53,7 +53,7 @@ sphinx_gallery_conf = {
     "abort_on_example_error": True,
 }
 
-templates_path = []
+templates_path = ["_templates"]
 exclude_patterns = ["_build", "auto_examples/*.ipynb", "sg_execution_times.rst"]
 html_theme = "alabaster"
 html_static_path = []
