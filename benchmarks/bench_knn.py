@@ -81,22 +81,12 @@ def clustered(n, d, seed, n_centers=100):
 
 
 def _resnet_features(images, model, batch=500):
-    import torch
+    """Pooled output of the last block (= the input of the final linear layer)."""
+    from sklearn_advdet.deep.extraction import FeatureExtractor
 
-    feats = []
-
-    def hook(module, inputs):
-        feats.append(inputs[0].detach().cpu().numpy().astype(np.float32))
-
-    h = model.linear.register_forward_pre_hook(hook)
-    try:
-        with torch.no_grad():
-            for s in range(0, len(images), batch):
-                x = torch.from_numpy(images[s : s + batch]).float() / 255.0
-                model(x)
-    finally:
-        h.remove()
-    return np.concatenate(feats)
+    fx = FeatureExtractor(model, layers=["layer3.2"], device="cpu", batch_size=batch,
+                          progress=False, include_logits=False)
+    return fx.extract(images).X
 
 
 def cifar_features(cache_dir, n_queries):
@@ -111,16 +101,13 @@ def cifar_features(cache_dir, n_queries):
     from sklearn_advdet.deep.models import cifar_resnet
 
     model = cifar_resnet(20, weights=SHARED / "weights" / "resnet20-12fca82f.th").eval()
-    try:  # the project's extractor, when it has been written
-        from sklearn_advdet.deep.extraction import FeatureExtractor  # noqa: F401
-
-        how = "FeatureExtractor present; features taken with a hook on model.linear"
-    except ImportError:
-        how = "hook on model.linear (sklearn_advdet.deep.extraction not available)"
+    how = "FeatureExtractor, pooled layer3.2 (the input of the final linear layer)"
     train, _, _ = load_image_folder(SHARED / "cifar10-jpeg" / "train.tar")
     ref = _resnet_features(train, model)
     del train
-    test, _, _ = load_image_folder(SHARED / "cifar10-jpeg" / "test.tar", limit=max(n_queries, 1000))
+    n_test = max(n_queries, 1000)
+    test, _, _ = load_image_folder(SHARED / "cifar10-jpeg" / "test.tar",
+                                   per_class=-(-n_test // 10))
     q = _resnet_features(test, model)
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(ref_p, ref)

@@ -107,7 +107,7 @@ def test_chain_on_cifar(shared_data, tmp_path, capsys):
         capsys)
     assert rc == 0, err
     with np.load(det / "detection_set.npz") as npz:
-        y, attack, X = npz["y"], npz["attack"], npz["X"]
+        y, attack = npz["y"], npz["attack"]
         n_ref = len(npz["y_ref"])
     assert n_ref == 300 and set(attack[y == 1]) == {"fgsm"} and (y == 0).sum() > 20
     rc, out, err = _run(["extract", "--weights", weights, "--data", test_tar,

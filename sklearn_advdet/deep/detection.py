@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import numbers
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from sklearn.utils import Bunch, check_random_state
 
 from .attacks import ATTACKS, run_attack
 from .extraction import FeatureExtractor
-from .store import StoreError, open_store
+from .store import StoreError, _atomic_write_json, open_store
 
 __all__ = ["AttackSpec", "NOISE_ATTACKS", "build_detection_set", "parse_attacks"]
 
@@ -277,15 +276,6 @@ def _safe(text):
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def _write_json_atomic(path, obj):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _read_json(path):
     with open(path) as f:
         return json.load(f)
@@ -323,7 +313,7 @@ def _check_build_dir(root, ref_images, ref_labels, test_images, test_labels, lay
                 "layers and int random_state to resume"
             )
     else:
-        _write_json_atomic(path, build)
+        _atomic_write_json(path, build)
     (root / "attacks").mkdir(exist_ok=True)
 
 
@@ -625,7 +615,7 @@ def _attack_block(spec, seed, model, extractor, test_images, test_labels, idx_co
         n_authentic=int((block["y"] == 0).sum()), n_inconsistent=int(n_inconsistent),
     )
     if done_file is not None:
-        _write_json_atomic(done_file, {"key": spec.key, "seed": seed,
+        _atomic_write_json(done_file, {"key": spec.key, "seed": seed,
                                        "is_noise": bool(is_noise),
                                        "n_kept": int(kept.size), "summary": info})
     return block, info
