@@ -144,8 +144,10 @@ def main(argv=None):
              f"- machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPUs, torch {torch.__version__} "
              f"({torch.get_num_threads()} threads), device {device}",
-             f"- load average at start: {os.getloadavg()[0]:.1f} "
-             "(other jobs shared the cores: absolute times are noisy)", ""]
+             f"- load average at start: {os.getloadavg()[0]:.1f}"
+             + (" (above the CPU count: other jobs shared the cores, absolute "
+                "times are noisy)" if os.getloadavg()[0] > (os.cpu_count() or 1) else ""),
+             ""]
 
     # --------------------------------------------------------- overhead
     if data_dir is not None:
