@@ -334,7 +334,10 @@ def main(argv=None):
     header = (
         f"# bench_knn — {datetime.date.today().isoformat()}\n\n"
         f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs (shared with other jobs: timings are noisy); "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
+        + (" (above the CPU count: other jobs shared the cores, timings are noisy)"
+           if os.getloadavg()[0] > (os.cpu_count() or 1) else "")
+        + "; "
         f"python {platform.python_version()}, numpy {np.__version__}.\n"
         f"Command: `python benchmarks/bench_knn.py {' '.join(sys.argv[1:])}`\n\n"
         f"k = {args.k}, {args.n_queries} queries per batch (wall time: best of "
