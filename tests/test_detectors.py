@@ -77,6 +77,7 @@ def _expected_failed_checks(estimator):
         for name in (
             "check_estimators_dtypes",
             "check_sample_weights_not_an_array",
+            "check_sample_weights_pandas_series",
             "check_sample_weights_shape",
             "check_sample_weights_not_overwritten",
             "check_classifier_data_not_an_array",
@@ -503,3 +504,18 @@ def test_groups_routed_on_request():
     fitted = pipe[-1]
     tr, va = fitted.train_indices_, fitted.validation_indices_
     assert np.intersect1d(groups[tr], groups[va]).size == 0
+
+
+@pytest.mark.parametrize("cls", [SequenceLSTMDetector, MLPDetector])
+def test_pandas_inputs_with_detection_labels(cls):
+    # what check_sample_weights_pandas_series tests, with y in {0, 1}
+    pd = pytest.importorskip("pandas")
+    rng = np.random.RandomState(0)
+    X = pd.DataFrame(rng.normal(size=(40, 4)))
+    y = pd.Series(np.r_[np.zeros(20, int), np.ones(20, int)])
+    w = pd.Series(np.r_[np.full(20, 2.0), np.ones(20)])
+    kw = {"n_steps": 2} if cls is SequenceLSTMDetector else {}
+    det = cls(max_epochs=2, random_state=0, **kw).fit(X, y, sample_weight=w)
+    ref = cls(max_epochs=2, random_state=0, **kw).fit(
+        X.to_numpy(), y.to_numpy(), sample_weight=w.to_numpy())
+    np.testing.assert_array_equal(det.predict_proba(X), ref.predict_proba(X.to_numpy()))
