@@ -314,15 +314,20 @@ def plot_roc_curves(y_true, y_score, attack, *, ax=None, title=None):
         fpr, tpr, _ = roc_curve(y_true[mask], y_score[mask])
         auc = roc_auc_score(y_true[mask], y_score[mask])
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    _finish_roc_axes(ax, title)
+    return ax
+
+
+def _finish_roc_axes(ax, title=None, legend_size="small", title_size=None):
+    """Chance line, axis labels and limits, legend and title of a ROC plot."""
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("false-positive rate (authentic flagged)")
     ax.set_ylabel("true-positive rate (adversarial caught)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="lower right", fontsize=legend_size)
     if title:
-        ax.set_title(title)
-    return ax
+        ax.set_title(title, fontsize=title_size)
 
 
 def plot_score_density(y_score, groups, *, ax=None, bins=40, title=None, xlabel="score"):

@@ -301,6 +301,8 @@ def _roc_figure(path, y, family, rows, scores, title):
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
+    from ..metrics import _finish_roc_axes
+
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     best = {}
     for fam in _FAMILY_NAMES:
@@ -312,13 +314,7 @@ def _roc_figure(path, y, family, rows, scores, title):
         mask = (y == 0) | (family == fam)
         fpr, tpr, _ = roc_curve(y[mask], scores[r["config"]][mask])
         ax.plot(fpr, tpr, label=f"{fam}: {r['config']} (AUC {r['auc'][fam]:.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("false-positive rate (authentic flagged)")
-    ax.set_ylabel("true-positive rate (adversarial caught)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.legend(loc="lower right", fontsize="x-small")
-    ax.set_title(title, fontsize="small")
+    _finish_roc_axes(ax, title, legend_size="x-small", title_size="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
