@@ -469,6 +469,19 @@ def _to_numpy(feats, logits):
     return parts[:-1], parts[-1]
 
 
+def _collect(forward, batches, bar):
+    """Run the hooked forward over ``(x, y)`` batches: per-batch layer
+    features, logits and labels on the host, advancing the progress bar."""
+    feat_batches, logit_batches, label_batches = [], [], []
+    for x, y in batches:
+        f, lg = _to_numpy(*forward(x))
+        feat_batches.append(f)
+        logit_batches.append(lg)
+        label_batches.append(y)
+        bar.update(len(x))
+    return feat_batches, logit_batches, label_batches
+
+
 def _progress(total, enabled, desc):
     from tqdm.auto import tqdm
 
@@ -650,16 +663,11 @@ class FeatureExtractor:
         """
         names, source, device = self._prepare(data, labels)
         n = len(source)
-        feat_batches, logit_batches, label_batches = [], [], []
         with _session(self.model, names, device, self.amp) as forward, \
                 _progress(n, self.progress, "extract") as bar:
-            for x, y in self._batches(source, 0, n or 0, int(self.batch_size), labels):
-                feats, logits = forward(x)
-                f, lg = _to_numpy(feats, logits)
-                feat_batches.append(f)
-                logit_batches.append(lg)
-                label_batches.append(y)
-                bar.update(len(x))
+            feat_batches, logit_batches, label_batches = _collect(
+                forward, self._batches(source, 0, n or 0, int(self.batch_size), labels),
+                bar)
         if not feat_batches:
             raise ValueError("data holds no images")
         return self._assemble(names, feat_batches, logit_batches, label_batches)
@@ -733,14 +741,8 @@ class FeatureExtractor:
                 with _progress(total, self.progress, "extract") as bar:
                     for k in todo:
                         lo, hi = writer.chunk_bounds(k)
-                        fb, lb, yb = [], [], []
-                        for x, y in self._batches(src, lo, hi, bs, labels):
-                            feats, logits = forward(x)
-                            f, lg = _to_numpy(feats, logits)
-                            fb.append(f)
-                            lb.append(lg)
-                            yb.append(y)
-                            bar.update(len(x))
+                        fb, lb, yb = _collect(
+                            forward, self._batches(src, lo, hi, bs, labels), bar)
                         layers = [np.concatenate([b[i] for b in fb])
                                   for i in range(len(names))]
                         rows = sum(len(a) for a in lb)
