@@ -117,6 +117,93 @@ def test_euclidean_medoid_exact_duplicates_take_lowest_index():
     assert _euclidean_medoid(same, 8) == _brute_medoid(same) == 0
 
 
+def _near_tie(d, seed):
+    """A point-symmetric cloud plus a and -(1 + 1e-9) a near its centre.
+
+    By symmetry the two planted rows' summed distances differ only through
+    the 1e-9 stretch: about 1e-10 relative, far below float32 resolution and
+    far above float64's, so only the exact re-summation can split them (a,
+    the unstretched one, row 0, wins).
+    """
+    rng = np.random.RandomState(seed)
+    P = rng.normal(size=(60, d)) * rng.uniform(0.5, 2.0, size=d)
+    a = 0.05 * rng.normal(size=d)
+    return np.vstack([a, P, -P, -(1 + 1e-9) * a]) + 3.0
+
+
+@pytest.mark.parametrize("d", [8, 300])  # the cheap and the tight bound
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_euclidean_medoid_near_tie_needs_exact_resum(d, n_threads):
+    X = _near_tie(d, seed=d)
+    sums = squareform(pdist(X)).sum(axis=1)
+    assert sums[0] < sums[-1] and (sums[-1] - sums[0]) / sums[0] < 1e-8
+    assert _brute_medoid(X) == 0
+    assert _euclidean_medoid(X, 16, n_threads) == 0
+    # the stretched copy first: it must lose although it comes first
+    Y = X[::-1].copy()
+    assert _euclidean_medoid(Y, 16, n_threads) == len(Y) - 1 == _brute_medoid(Y)
+
+
+def test_euclidean_medoid_refines_many_candidates(monkeypatch):
+    # force the refinement step (tight bounds for the screened candidates)
+    calls = []
+    original = embedding._selected_row_sums
+
+    def spy(*args, **kwargs):
+        calls.append(len(args[1]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(embedding, "_MAX_EXACT_CANDIDATES", 0)
+    monkeypatch.setattr(embedding, "_selected_row_sums", spy)
+    X = _near_tie(8, seed=1)
+    assert _euclidean_medoid(X, 16) == 0 == _brute_medoid(X)
+    assert calls and calls[0] >= 2
+
+
+@pytest.mark.parametrize("d", [8, 300])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_gemm_row_sums_within_their_error_bound(d, n_threads):
+    # the float32 tile sums and their rigorous bounds against float64 pdist,
+    # on data far from the origin in float64 (centring matters) and float32
+    rng = np.random.RandomState(d)
+    for X in (1e4 + rng.normal(size=(203, d)), rng.gamma(2.0, size=(203, d)).astype(np.float32)):
+        exact = squareform(pdist(np.asarray(X, dtype=np.float64))).sum(axis=1)
+        mu = X.mean(axis=0, dtype=np.float64)
+        sums, errs, _ = embedding._symmetric_row_sums(X, mu, 32, n_threads, tight=True)
+        rounding = embedding._gamma32(32) + 2 * embedding._U32
+        bound = errs + rounding * sums
+        assert np.all(np.abs(sums - exact) <= bound)
+        assert np.all(bound < 1e-3 * exact)  # and tight enough to be useful
+        cheap, none, _ = embedding._symmetric_row_sums(X, mu, 32, n_threads, tight=False)
+        assert none is None
+        np.testing.assert_allclose(cheap, sums, rtol=1e-6)
+        rows = np.array([0, 5, 31, 32, 33, 202])  # across block edges
+        s2, e2 = embedding._selected_row_sums(X, rows, mu, 32, n_threads)
+        assert np.all(np.abs(s2 - exact[rows]) <= e2 + rounding * s2)
+        np.testing.assert_allclose(
+            embedding._exact_row_sums(X, rows, mu, 32), exact[rows], rtol=1e-12
+        )
+
+
+def test_euclidean_medoid_repairs_negative_squared_distances(monkeypatch):
+    # every row twice: the float32 GEMM form of a zero distance rounds to a
+    # small negative square about half the time; such tiles are repaired
+    # (NaN -> 0, as sqrt(max(., 0))) and the answer stays the brute-force one
+    repairs = []
+    original = np.nan_to_num
+
+    def spy(*args, **kwargs):
+        repairs.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(np, "nan_to_num", spy)
+    rng = np.random.RandomState(7)
+    X = rng.normal(size=(120, 24)) * 5
+    X[60:] = X[:60]
+    assert _euclidean_medoid(X, 32) == _brute_medoid(X)
+    assert repairs
+
+
 def test_cosine_medoid_matches_brute_force():
     rng = np.random.RandomState(5)
     X = rng.normal(size=(90, 7)) + 0.5
@@ -135,9 +222,9 @@ def test_medoid_of_large_class_without_square_matrix(one_blas_thread):
     finally:
         tracemalloc.stop()
     assert idx == 12_345
-    # an n x n float64 matrix would take 3.2 GB; the centred float64 copy
-    # (10 MB) plus 1024 x 1024 tiles (8 MiB each) stay far below 64 MiB
-    assert peak < 64 * 2**20, peak
+    # an n x n float64 matrix would take 3.2 GB; 1024 x 1024 float32 tiles
+    # (4 MiB each) and 1024-row blocks stay far below 16 MiB
+    assert peak < 16 * 2**20, peak
     assert peak < n * n * 8 / 50
 
 
