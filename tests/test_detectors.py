@@ -354,6 +354,36 @@ def test_pipeline_persists_with_joblib(cls, tmp_path):
     assert det.net_.train_split is None
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a CPU-only machine")
+def test_gpu_trained_detector_reloads_on_cpu(monkeypatch):
+    # A GPU fit pickles its tensors tagged "cuda:0" and records device
+    # "cuda".  Write such a pickle (torch's storage tagger patched to say
+    # cuda:0) and load it here, where no CUDA device exists: skorch maps the
+    # tensors to the CPU with a DeviceWarning, and the probabilities are the
+    # same.
+    from skorch.exceptions import DeviceWarning
+
+    X, y = make_trajectories(120, seed=0)
+    det = _fast(MLPDetector, max_epochs=2).fit(X, y)
+    expected = det.predict_proba(X)
+    det.net_.device = det.device_ = "cuda"
+    registry = list(torch.serialization._package_registry)
+    monkeypatch.setattr(
+        torch.serialization,
+        "_package_registry",
+        [(0, lambda storage: "cuda:0", lambda obj, location: None)] + registry,
+    )
+    blob = pickle.dumps(det)
+    monkeypatch.undo()
+    assert b"cuda:0" in blob
+    with pytest.warns(DeviceWarning) as record:
+        loaded = pickle.loads(blob)
+    assert all("cpu" in str(w.message) for w in record)
+    assert str(loaded.net_.device) == "cpu" and loaded.device_ == "cuda"
+    assert all(p.device.type == "cpu" for p in loaded.net_.module_.parameters())
+    np.testing.assert_array_equal(loaded.predict_proba(X), expected)
+
+
 # ----------------------------------------------------------------- bad input
 def _fitted_attrs(est):
     return sorted(k for k in vars(est) if k.endswith("_") and not k.startswith("_"))
