@@ -22,6 +22,7 @@ from sklearn.utils.validation import (
 from threadpoolctl import threadpool_limits
 
 from ._layout import check_layout
+from ._parallel import blas_num_threads, thread_map
 from ._reference import load_reference
 
 __all__ = ["PivotEmbedder"]
@@ -50,14 +51,6 @@ def _gamma32(m):
     and the float32 evaluation of the bounds themselves.
     """
     return 3.0 * m * _U32 / (1.0 - m * _U32)
-
-
-def _blas_num_threads():
-    """Size of the BLAS thread pool: the threads a BLAS-bound step would use."""
-    from threadpoolctl import threadpool_info
-
-    counts = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-    return max(1, min(counts)) if counts else 1
 
 
 def _block(X, mu):
@@ -124,23 +117,6 @@ def _tile(G, ri, F, rj, gamma, tight, zero=None):
     return rows, cols, D @ ones_r, np.ones(D.shape[0], dtype=np.float32) @ D
 
 
-def _threaded(func, tasks, n_threads):
-    """``func`` over ``tasks``, on ``n_threads`` threads with 1 BLAS thread each.
-
-    Yields the results in order as they are consumed, so that only a few
-    are alive at a time.
-    """
-    if n_threads <= 1 or len(tasks) <= 1:
-        yield from map(func, tasks)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(
-        min(n_threads, len(tasks))
-    ) as pool:
-        yield from pool.map(func, tasks)
-
-
 def _symmetric_row_sums(X, mu, block_size, n_threads, tight):
     """Summed distance of every row of X to all rows, from float32 GEMM tiles.
 
@@ -187,7 +163,7 @@ def _symmetric_row_sums(X, mu, block_size, n_threads, tight):
 
     total, total_err = np.zeros(n), np.zeros(n) if tight else None
     norms = np.empty(n)
-    for i, (sums, errs, ri) in zip(starts, _threaded(block_row, list(starts), n_threads)):
+    for i, (sums, errs, ri) in zip(starts, thread_map(block_row, list(starts), n_threads)):
         total += sums
         if tight:
             total_err += errs
@@ -217,7 +193,7 @@ def _selected_row_sums(X, rows, mu, block_size, n_threads):
             errs += e_rows
         return sums, errs
 
-    parts = list(_threaded(block, list(range(0, len(rows), block_size)), n_threads))
+    parts = list(thread_map(block, list(range(0, len(rows), block_size)), n_threads))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -361,7 +337,7 @@ def _compute_pivots(X, y, slices, pivots, medoid_metric, block_size, n_jobs):
         parallel = Parallel(n_jobs=n_jobs, prefer="threads")
         # parallel over (layer, class): one thread per task; otherwise a
         # medoid's tiles run on as many threads as BLAS would use
-        n_threads = 1 if effective_n_jobs(n_jobs) > 1 else _blas_num_threads()
+        n_threads = 1 if effective_n_jobs(n_jobs) > 1 else blas_num_threads()
         jobs = (
             delayed(_class_pivot)(
                 X[members[k], slice(*slices[l])],

@@ -21,18 +21,19 @@ equal-error rate or at a target false-positive rate; :func:`knn_evaluation`
 reports the paper's figures.
 """
 
+import math
 from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.decomposition import PCA
-from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from ._layout import FeatureLayout, check_layout
+from ._parallel import n_threads_for, thread_map
 
 __all__ = [
     "KNNClassScorer",
@@ -57,9 +58,11 @@ _AUTO_ANN_MIN_QUERIES = 64
 # the cancellation of the |q|^2 - 2 q.r + |r|^2 expansion; they are recomputed
 # from the coordinates (which gives an exact 0 for identical vectors).
 _RECOMPUTE_RTOL = 1e-6
-# below this many query x reference pairs the exact search is one numpy GEMM
-# (scikit-learn's OpenMP reduction costs more to start than it saves)
-_SMALL_BRUTE = 2**20
+# exact search: a screening tile holds at most this many query x reference
+# entries (16 MiB in float32, plus 32 MiB of argpartition indices), and a
+# thread takes at most this many queries at a time
+_SCREEN_ENTRIES = 2**22
+_QUERY_CHUNK = 256
 
 
 # ---------------------------------------------------------------- scoring core
@@ -190,46 +193,130 @@ def _exact_row(q, R, sqnorm, k):
     return cand[order], d[order]
 
 
-class _ExactIndex:
-    """Brute-force search: scikit-learn's chunked, OpenMP-parallel ArgKmin.
+def _screening_gamma(d, dtype):
+    """Three times Higham's ``gamma_{d+2}`` in the screening precision.
 
-    Asks for ``k + 1`` neighbours to detect a tie at the k-th place; those
-    (rare) rows are redone exactly so that the k kept references are the
-    nearest by (distance, reference index).
+    One for the GEMM ``-2 q.r`` plus ``|r|^2``, one for the rounding of the
+    stored squared norms and of queries cast to the data's precision, one of
+    margin for second-order terms.
+    """
+    u = float(np.finfo(dtype).eps) / 2
+    m = d + 2
+    return 3.0 * m * u / (1.0 - m * u)
+
+
+class _ExactIndex:
+    """Exact brute-force k-NN: screening GEMM, then exact re-ranking.
+
+    For a chunk of queries and a block of references, one GEMM in the data's
+    precision gives ``v = |r|^2 - 2 q.r`` (the squared distance minus the
+    query's constant ``|q|^2``); ``argpartition`` keeps the ``M = k + k/4``
+    (at least ``k + 32``) smallest per query, merged block by block, so a
+    screening tile never exceeds ``_SCREEN_ENTRIES`` entries (memory bounded
+    whatever the reference size).  The error of every ``v`` is at most
+    ``b = gamma (max|r|^2 + 2 |q| max|r|)`` (:func:`_screening_gamma`), so
+    the true k nearest all lie within ``2 b`` of the k-th smallest ``v``.
+    Those candidates (usually ``k`` plus a few) get exact float64 distances
+    from coordinate differences and are ordered by (distance, reference
+    index).  A query with ``M`` candidates inside the window (too many ties
+    for the margin) is redone by a full exact scan (:func:`_exact_row`).
+
+    Query chunks run on ``n_jobs`` threads (single-threaded BLAS each; by
+    default as many as the BLAS thread pool has, see :mod:`._parallel`).
+    ``benchmarks/bench_knn.py`` measured this faster than scikit-learn's
+    ``NearestNeighbors(algorithm="brute")``, whose float64 reduction keeps a
+    heap of ``k`` per query.
     """
 
     def __init__(self, data, n_jobs=None):
         self.data = data
         self.sqnorm = np.einsum("ij,ij->i", data, data, dtype=np.float64)
-        self.nn = NearestNeighbors(algorithm="brute", n_jobs=n_jobs).fit(data)
+        self._sq = self.sqnorm.astype(data.dtype)
+        self._rmax = math.sqrt(float(self.sqnorm.max())) if data.shape[0] else 0.0
+        self.n_jobs = n_jobs
 
     def query(self, Q, k):
         n_ref = self.data.shape[0]
-        k_ask = min(k + 1, n_ref)
-        if Q.shape[0] * n_ref <= _SMALL_BRUTE and self.data.size <= _SMALL_BRUTE:
-            dist, idx = self._small_query(Q, k_ask)
-        else:
-            dist, idx = self.nn.kneighbors(Q, n_neighbors=k_ask)
-        idx, dist = _sorted_neighbors(Q, self.data, self.sqnorm, idx, dist)
-        if k_ask > k:
-            tied = np.flatnonzero(dist[:, k - 1] == dist[:, k])
-            idx, dist = idx[:, :k].copy(), dist[:, :k].copy()
-            for r in tied:
-                idx[r], dist[r] = _exact_row(Q[r], self.data, self.sqnorm, k)
-        return idx, dist
+        k = min(k, n_ref)
+        margin = min(n_ref, k + max(32, k // 4))
+        n_threads = n_threads_for(self.n_jobs)
+        rows = max(1, min(_QUERY_CHUNK, -(-Q.shape[0] // n_threads)))
+
+        def chunk(start):
+            return self._query_chunk(Q[start : start + rows], k, margin)
+
+        parts = list(thread_map(chunk, range(0, Q.shape[0], rows), n_threads))
+        if not parts:
+            return np.empty((0, k), dtype=np.intp), np.empty((0, k))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _screen(self, Qw, M):
+        """The M smallest ``|r|^2 - 2 q.r`` per query (values, indices), unsorted."""
+        R = self.data
+        n_ref = R.shape[0]
+        block = min(n_ref, max(2 * M, _SCREEN_ENTRIES // max(Qw.shape[0], 1)))
+        Qm2 = Qw * Qw.dtype.type(-2.0)  # exact: a power-of-2 scaling
+        best_v = best_i = None
+        for start in range(0, n_ref, block):
+            V = Qm2 @ R[start : start + block].T
+            V += self._sq[start : start + block]
+            vals, idx = _smallest(V, M)
+            idx = idx + start
+            if best_v is not None:
+                vals = np.concatenate([best_v, vals], axis=1)
+                idx = np.concatenate([best_i, idx], axis=1)
+                vals, keep = _smallest(vals, M)
+                idx = _take_rows(idx, keep)
+            best_v, best_i = vals, idx
+        return best_v, best_i
+
+    def _query_chunk(self, Q, k, M):
+        R = self.data
+        n_ref, d = R.shape
+        Qw = np.asarray(Q, dtype=R.dtype)
+        vals, cand = self._screen(Qw, M)
+        order = np.argsort(vals, axis=1)
+        vals = _take_rows(vals, order).astype(np.float64)
+        cand = _take_rows(cand, order)
+        q_norm = np.sqrt(np.einsum("ij,ij->i", Qw, Qw, dtype=np.float64))
+        bound = _screening_gamma(d, R.dtype) * (self._rmax**2 + 2.0 * q_norm * self._rmax)
+        inside = (vals <= (vals[:, k - 1] + 2.0 * bound)[:, None]).sum(axis=1)
+        width = int(inside.max())
+        cand = cand[:, :width]
+        # exact float64 distances of the candidates, a few queries at a time
+        Q64 = np.asarray(Q, dtype=np.float64)
+        dist = np.empty(cand.shape)
+        step = max(1, 2**20 // max(width * d, 1))
+        for a in range(0, len(Q), step):
+            diff = np.subtract(R[cand[a : a + step]], Q64[a : a + step, None, :], dtype=np.float64)
+            dist[a : a + step] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        order = np.argsort(dist, axis=1)[:, : k + 1]
+        idx, out = _take_rows(cand, order), _take_rows(dist, order)
+        # equal distances among the kept: order those rows by (distance, index)
+        tied = np.flatnonzero((out[:, 1:] == out[:, :-1]).any(axis=1))
+        for r in tied:
+            o = np.lexsort((cand[r], dist[r]))[: k + 1]
+            idx[r], out[r] = cand[r, o], dist[r, o]
+        idx, out = idx[:, :k], out[:, :k]
+        # a window filled to the margin may hide candidates: full exact scan
+        if M < n_ref:
+            for r in np.flatnonzero(inside >= M):
+                idx[r], out[r] = _exact_row(Q[r], R, self.sqnorm, k)
+        return idx, out
 
 
-    def _small_query(self, Q, k):
-        # one float64 GEMM, no thread pool to wake: small problems only
-        Q64 = Q.astype(np.float64)
-        d2 = self.sqnorm[None, :] - 2.0 * (Q64 @ self.data.T.astype(np.float64))
-        d2 += np.einsum("ij,ij->i", Q64, Q64)[:, None]
-        np.maximum(d2, 0.0, out=d2)
-        if k < d2.shape[1]:
-            idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
-        else:
-            idx = np.broadcast_to(np.arange(d2.shape[1]), d2.shape).copy()
-        return np.sqrt(np.take_along_axis(d2, idx, axis=1)), idx
+def _smallest(V, M):
+    """The M smallest entries of every row of V (values, column indices), unsorted."""
+    if V.shape[1] <= M:
+        return V, np.broadcast_to(np.arange(V.shape[1]), V.shape)
+    part = np.argpartition(V, M - 1, axis=1)[:, :M]
+    return _take_rows(V, part), part
+
+
+def _take_rows(A, idx):
+    """``np.take_along_axis(A, idx, axis=1)`` through flat indices (faster)."""
+    flat = idx + (np.arange(A.shape[0]) * A.shape[1])[:, None]
+    return np.take(A, flat) if A.flags.c_contiguous else np.take(np.ascontiguousarray(A), flat)
 
 
 class _PynndescentIndex:

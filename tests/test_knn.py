@@ -482,3 +482,63 @@ def test_tie_reranking_row_is_exact():
         want = np.lexsort((np.arange(D.size), D))[:k]
         np.testing.assert_array_equal(idx, want)
         np.testing.assert_allclose(dist, D[want], rtol=1e-12)
+
+
+def _brute_knn(Q, R, k):
+    """k nearest by (float64 distance from differences, reference index)."""
+    D = cdist(np.asarray(Q, dtype=np.float64), np.asarray(R, dtype=np.float64))
+    order = np.array([np.lexsort((np.arange(D.shape[1]), row))[:k] for row in D])
+    return order, np.take_along_axis(D, order, axis=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_jobs", [None, 2])
+@pytest.mark.parametrize("k", [1, 7, 60, 700])
+def test_exact_index_matches_brute_force_across_blocks(monkeypatch, dtype, n_jobs, k):
+    # tiny screening tiles: many reference blocks merged per query chunk and
+    # several query chunks on threads; clustered data far from the origin
+    # (cancellation in the GEMM form) with duplicates and a query that is a
+    # reference row (zero distance)
+    monkeypatch.setattr(knnmod, "_SCREEN_ENTRIES", 2048)
+    monkeypatch.setattr(knnmod, "_QUERY_CHUNK", 16)
+    rng = np.random.RandomState(k)
+    centres = rng.normal(scale=3.0, size=(5, 12))
+    R = (500.0 + centres[rng.randint(5, size=700)] + rng.normal(size=(700, 12))).astype(dtype)
+    R[600:640] = R[3]  # a block of duplicates
+    Q = (500.0 + centres[rng.randint(5, size=45)] + rng.normal(size=(45, 12))).astype(dtype)
+    Q[0], Q[1] = R[3], R[10]
+    index = knnmod._ExactIndex(R, n_jobs)
+    idx, dist = index.query(Q, k)
+    want_idx, want_dist = _brute_knn(Q, R, k)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(dist, want_dist, rtol=1e-12, atol=0)
+    assert np.all(dist[0, :41] == 0.0) if k >= 41 else np.all(dist[0] == 0.0)
+
+
+def test_exact_index_ties_beyond_the_margin_fall_back_to_a_full_scan(monkeypatch):
+    # 300 references at exactly the same distance from the query straddle
+    # the k-th place: more ties than the screening margin keeps, so that
+    # query is redone by the full exact scan; the answer is still (distance,
+    # index) order
+    calls = []
+    original = knnmod._exact_row
+
+    def spy(q, R, sq, k):
+        calls.append(k)
+        return original(q, R, sq, k)
+
+    monkeypatch.setattr(knnmod, "_exact_row", spy)
+    rng = np.random.RandomState(3)
+    R = rng.normal(size=(2000, 8)) * 10 + 40
+    R[[50, 1900]] = 0.0  # two at distance 0 from the query
+    ring = rng.permutation(np.arange(100, 1800))[:300]
+    R[ring] = 0.0
+    R[ring, rng.randint(8, size=300)] = rng.choice([-1.0, 1.0], size=300)  # all at distance 1
+    Q = np.zeros((3, 8))
+    Q[1:] = rng.normal(size=(2, 8)) * 10 + 40  # ordinary queries: no fallback
+    index = knnmod._ExactIndex(R)
+    idx, dist = index.query(Q, 40)
+    want_idx, want_dist = _brute_knn(Q, R, 40)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(dist, want_dist, rtol=1e-12)
+    assert calls == [40]  # only the query whose window overflowed
