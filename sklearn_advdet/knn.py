@@ -59,10 +59,12 @@ _AUTO_ANN_MIN_QUERIES = 64
 # from the coordinates (which gives an exact 0 for identical vectors).
 _RECOMPUTE_RTOL = 1e-6
 # exact search: a screening tile holds at most this many query x reference
-# entries (16 MiB in float32, plus 32 MiB of argpartition indices), and a
-# thread takes at most this many queries at a time
-_SCREEN_ENTRIES = 2**22
-_QUERY_CHUNK = 256
+# entries (8 MiB in float32, plus 16 MiB of argpartition indices), and a
+# thread takes at most this many queries at a time.  Measured in
+# benchmarks/bench_knn.py's setting: 2^21 x 128 was as fast as 2^22 x 256
+# at 50,000 x 64 and 1,000,000 x 256 with 40-45 % less extra memory.
+_SCREEN_ENTRIES = 2**21
+_QUERY_CHUNK = 128
 
 
 # ---------------------------------------------------------------- scoring core
@@ -426,35 +428,37 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
     whiten : bool, default=True
         Whether the PCA whitens (the paper's setting).
     backend : {"auto", "exact", "pynndescent"}, default="auto"
-        Neighbour search. ``"exact"`` is scikit-learn's brute-force
-        ``NearestNeighbors`` (chunked ``|q|^2 - 2 q.r + |r|^2`` GEMMs, bounded
-        memory by ``sklearn.get_config()["working_memory"]``, OpenMP-parallel).
-        ``"pynndescent"`` builds an approximate NN-descent graph (seeded with
-        ``random_state``) and queries it with ``k``. ``"auto"`` builds the
-        pynndescent index only for reference sets of at least 2,000,000
-        samples and, when built, uses it only for query batches of at least
-        64 rows (single queries stay exact). Measured with k=1000 on a
-        heavily shared 2-core machine (benchmarks/results/bench_knn.md): on
-        the real ResNet-20 CIFAR-10 features (50,000 x 64) the exact search
-        answered 1,000 queries in 2-3 s (1.3 s of CPU) at recall 1, while
-        pynndescent took 71 s to build (plus about 200 s of numba
-        compilation once per process) and then 2.3 s for the same 1,000
-        queries (recall 1.0 at epsilon 0.2): it never pays its build back.
-        At 1,000,000 x 256 (synthetic clusters) the exact search took
-        17-63 s per 1,000 queries in two runs (about 20 % more CPU than bare
-        scikit-learn brute force: the price of the tie and zero-distance
-        handling) and 0.25-0.5 s per single query; pynndescent
-        was not run at that size (its build, already 71 s at 50,000 x 64,
-        grows faster than linearly). The 2,000,000 threshold is therefore an
-        extrapolation: below it, "auto" is the exact search.
+        Neighbour search. ``"exact"`` is this package's brute force: one
+        GEMM per tile (at most 2^21 query x reference entries, so memory is
+        bounded whatever the reference size) screens the candidates in the
+        data's precision with a rigorous rounding-error window, and the
+        candidates are re-ranked with exact float64 distances; threads over
+        query chunks. ``"pynndescent"`` builds an approximate NN-descent graph
+        (seeded with ``random_state``) and queries it with ``k``. ``"auto"``
+        builds the pynndescent index only for reference sets of at least
+        2,000,000 samples and, when built, uses it only for query batches of
+        at least 64 rows (single queries stay exact). Measured with k=1000 on
+        this project's 2-core machine (``benchmarks/results/bench_knn.md``):
+        on the real ResNet-20 CIFAR-10 features (50,000 x 64) the exact
+        search answered 1,000 queries in 0.22 s (scikit-learn's
+        ``NearestNeighbors(algorithm="brute")``: 0.44 s) at recall 1, while
+        pynndescent took 15 s to build (plus about 25 s of numba
+        compilation once per process) and then 0.72 s for the same 1,000
+        queries: it never pays its build back. At 1,000,000 x 256
+        (synthetic clusters) the exact search took 4.3 s per 1,000 queries
+        (scikit-learn: 6.1 s) and 28 ms per single query (118 ms);
+        pynndescent was not run at that size (its build grows faster than
+        linearly). The 2,000,000 threshold is therefore an extrapolation:
+        below it, "auto" is the exact search.
     backend_params : dict, default=None
         Extra pynndescent settings: ``"epsilon"`` (query search breadth,
         default 0.2) and any ``NNDescent`` argument (``n_neighbors`` of the
         graph, default 30, ``n_trees``, ...).
     n_jobs : int, default=None
-        Threads for the pynndescent build/query and for scikit-learn's
-        ``NearestNeighbors`` (its brute-force reduction uses OpenMP threads;
-        limit them with ``threadpoolctl`` if needed).
+        Threads for the exact search (over query chunks) and for the
+        pynndescent build/query.  ``None``: the exact search uses as many
+        threads as the BLAS thread pool has (limit it with
+        ``threadpoolctl.threadpool_limits``), pynndescent its own default.
     random_state : int, RandomState instance or None, default=None
         Seeds the pynndescent build and a randomized PCA solver.
 
@@ -484,11 +488,14 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
 
     - *k larger than the reference set*: all references are used.
     - *Ties*: neighbours are ordered by distance, then by reference index
-      (the exact backend also breaks a tie at the k-th place that way), so
-      W-kNN's ranks are deterministic.
+      (the exact backend also breaks a tie at the k-th place that way: the
+      k kept are the first k in that order), so W-kNN's ranks are
+      deterministic.
     - *Zero distance under DW-kNN*: the neighbours at distance 0 share all
-      the weight; distances small enough to be spoilt by cancellation are
-      recomputed from the coordinates, so an exact duplicate gives 0.
+      the weight.  The exact backend's distances come from float64
+      coordinate differences (pynndescent's: those small enough to be spoilt
+      by cancellation are recomputed that way), so an exact duplicate gives
+      0.
     - *Predicted class absent from the reference set* (a logit column with
       no reference sample): no neighbour can vote for it, the score is 0.
     - The logits decide the predicted class only; they are never searched.
