@@ -4,12 +4,14 @@ Runs FGSM, BIM, PGD and MI-FGSM of both libraries on the same model, the same
 batch and the same settings (eps 8/255, 10 steps of 2/255 for the iterative
 ones, PGD with a random start), alternating the two libraries over
 ``--repeats`` rounds, and reports the best images/s of each and the ratio
-(ours / torchattacks; the goal is >= 1.0).  Our attacks also return the
-success mask, which costs one more forward pass; torchattacks returns the
-images only, so it is timed twice: alone, and followed by the forward pass
-that gives the success mask (the like-for-like comparison).  For the
-deterministic attacks the script also checks that both produce the same
-images.
+(ours / torchattacks; the goal is >= 1.0), for our default settings and
+with ``CPU_CHANNELS_LAST = False`` (the layout torchattacks uses).  Our
+attacks also return the success mask, which costs one more forward pass;
+torchattacks returns the images only, so it is timed twice: alone, and
+followed by the forward pass that gives the success mask (the like-for-like
+comparison).  For the deterministic attacks the script also checks that
+both produce the same images (contiguous layout) and counts the pixels that
+differ with the default layout.
 
 On the CPU, torch runs with ``--threads`` threads (default 1: on a shared
 2-core machine a second OpenMP thread makes a small model many times slower;
@@ -120,27 +122,40 @@ def throughput_table(model, x, y, device, repeats):
 
         return run
 
+    def contiguous(fn):
+        def run():
+            A.CPU_CHANNELS_LAST = False
+            try:
+                return fn()
+            finally:
+                A.CPU_CHANNELS_LAST = True
+
+        return run
+
     rows = []
     for name, (ours_fn, theirs, deterministic) in cases.items():
-        fns = [ours_fn, lambda: theirs(x, y), with_check(theirs)]
+        # ours (default layout), ours (contiguous), torchattacks alone, + check
+        fns = [ours_fn, contiguous(ours_fn), lambda: theirs(x, y), with_check(theirs)]
         for fn in fns:  # warm-up (allocator, cudnn autotuning), not timed
             fn()
-        times = [[], [], []]
-        outs = [None, None, None]
+        times = [[] for _ in fns]
+        outs = [None] * len(fns)
         for r in range(repeats):
-            order = [0, 1, 2] if r % 2 == 0 else [2, 1, 0]
+            order = [0, 1, 2, 3] if r % 2 == 0 else [3, 2, 1, 0]
             for which in order:
                 dt, outs[which] = timed(fns[which], device)
                 times[which].append(dt)
-        same = "-"
+        same, differ = "-", "-"
         if deterministic:
-            same = "yes" if torch.allclose(outs[0], outs[1], atol=1e-6, rtol=0) else "NO"
+            same = "yes" if torch.allclose(outs[1], outs[2], atol=1e-6, rtol=0) else "NO"
+            n_diff = int(((outs[0] - outs[2]).abs() > 1e-6).sum())
+            differ = f"{n_diff} ({100 * n_diff / outs[0].numel():.3f} %)"
         n = x.shape[0]
         ips = [n / min(t) for t in times]
-        rows.append((name, ips[0], ips[2], ips[0] / ips[2], ips[1], ips[0] / ips[1], same))
+        rows.append((name, ips, same, differ))
         print(
-            f"  {name}: ours {ips[0]:.1f} img/s, torchattacks+check {ips[2]:.1f}, "
-            f"torchattacks alone {ips[1]:.1f}",
+            f"  {name}: ours {ips[0]:.1f} img/s (contiguous {ips[1]:.1f}), "
+            f"torchattacks alone {ips[2]:.1f}, + check {ips[3]:.1f}",
             flush=True,
         )
     return rows
@@ -220,15 +235,22 @@ def main():
         "rounds after one warm-up each; eps 8/255, 10 steps of 2/255.",
         "",
         "Ours returns images + success mask; \"torchattacks + check\" adds the forward "
-        "pass that gives the mask (like for like); \"alone\" is its bare call.",
+        "pass that gives the mask (like for like); \"alone\" is its bare call.  "
+        "\"ours\" is the default (on the CPU the model sees channels_last input, "
+        "`CPU_CHANNELS_LAST`); \"ours, contiguous\" sets `CPU_CHANNELS_LAST = False`, "
+        "the layout torchattacks uses.  \"same images\": ours (contiguous) equals "
+        "torchattacks to 1e-6; \"pixels differing\": ours (default) against "
+        "torchattacks, where a numerically-zero gradient component changed sign.",
         "",
-        "| attack | ours (img/s) | torchattacks + check (img/s) | ratio | "
-        "torchattacks alone (img/s) | ratio | same images |",
-        "|---|---:|---:|---:|---:|---:|:---:|",
+        "| attack | ours (img/s) | ours, contiguous (img/s) | torchattacks + check "
+        "(img/s) | ratio ours / + check | ratio contiguous / + check | torchattacks "
+        "alone (img/s) | ratio ours / alone | same images | pixels differing |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|",
     ]
-    for name, o, tc, rc, t, r, same in rows:
+    for name, (o, oc, t, tc), same, differ in rows:
         lines.append(
-            f"| {name} | {o:.1f} | {tc:.1f} | {rc:.2f}x | {t:.1f} | {r:.2f}x | {same} |"
+            f"| {name} | {o:.1f} | {oc:.1f} | {tc:.1f} | {o / tc:.2f}x | {oc / tc:.2f}x "
+            f"| {t:.1f} | {o / t:.2f}x | {same} | {differ} |"
         )
     if lb is not None:
         lines += [

@@ -475,6 +475,32 @@ def test_same_images_as_torchattacks(torchattacks, digits, batch):
         assert torch.allclose(ours.images, theirs(x, y), atol=1e-6, rtol=0), theirs
 
 
+def test_same_images_as_torchattacks_on_a_resnet(torchattacks, monkeypatch):
+    # 3-channel convolutions, where the layout matters: with the contiguous
+    # layout the images are torchattacks' to float tolerance
+    from sklearn_advdet.deep.models import cifar_resnet
+
+    monkeypatch.setattr(A, "CPU_CHANNELS_LAST", False)
+    torch.manual_seed(0)
+    model = cifar_resnet(20).eval()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(8, 3, 32, 32, generator=gen)
+    y = torch.randint(10, (8,), generator=gen)
+    eps = 8 / 255
+    for ours, theirs in [
+        (A.fgsm(model, x, y, eps), torchattacks.FGSM(model, eps=eps)),
+        (
+            A.bim(model, x, y, eps, alpha=2 / 255, n_iter=5),
+            torchattacks.BIM(model, eps=eps, alpha=2 / 255, steps=5),
+        ),
+        (
+            A.mifgsm(model, x, y, eps, alpha=2 / 255, n_iter=5),
+            torchattacks.MIFGSM(model, eps=eps, alpha=2 / 255, steps=5),
+        ),
+    ]:
+        assert torch.allclose(ours.images, theirs(x, y), atol=1e-6, rtol=0), theirs
+
+
 def test_same_targeted_images_as_torchattacks(torchattacks, digits, batch):
     model = digits[0]
     x, y = batch
@@ -512,3 +538,79 @@ def test_pgd_success_at_least_torchattacks(torchattacks, digits, batch):
     finally:
         torch.set_rng_state(rng)
     assert ours / 4 >= theirs / 4 - 0.02, (ours / 4, theirs / 4)
+
+
+# ------------------------------------------------------- memory format
+class _ViewNet(torch.nn.Module):
+    """A conv net that flattens its un-pooled feature map with ``.view``:
+    that needs contiguous memory, so a channels_last input makes it raise."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 10)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_channels_last_fallback_for_a_model_that_needs_contiguous_input():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(16, 3, 8, 8, generator=gen)  # 3 channels: channels_last differs
+    y = torch.randint(10, (16,), generator=gen)
+    net = _ViewNet().eval()
+    with pytest.raises(RuntimeError):
+        net(x.contiguous(memory_format=torch.channels_last))
+    res = A.bim(net, x, y, EPS, alpha=0.02, n_iter=5)
+    assert net in A._CHANNELS_LAST_FAILED
+    # a failed channels_last call, then contiguous ones only: 5 steps + the
+    # success check + the one that raised above and the one inside bim
+    assert net.calls == 2 + 5 + 1
+    # the same images as a plain contiguous loop
+    adv, lo, hi = x.clone(), (x - EPS).clamp(min=0), (x + EPS).clamp(max=1)
+    for _ in range(5):
+        adv.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(net(adv), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, adv)
+        adv = torch.clamp(adv.detach() + 0.02 * g.sign(), min=lo, max=hi)
+    assert torch.equal(res.images, adv)
+    assert torch.equal(res.success, net(adv).argmax(1) != y)
+
+
+def test_channels_last_gives_the_images_of_contiguous_input(monkeypatch):
+    from sklearn_advdet.deep.models import cifar_resnet
+
+    torch.manual_seed(0)
+    model = cifar_resnet(20).eval()  # 3-channel convolutions: the layouts differ
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(12, 3, 32, 32, generator=gen)
+    y = torch.randint(10, (12,), generator=gen)
+    # the same images up to the sign of numerically-zero gradient components
+    # (a few pixels at most); with CPU_CHANNELS_LAST off, the plain
+    # contiguous loop bit for bit
+    for attack, kw in [(A.fgsm, {}), (A.bim, dict(alpha=0.01, n_iter=5))]:
+        fast = attack(model, x, y, EPS, **kw)
+        assert model not in A._CHANNELS_LAST_FAILED and fast.images.is_contiguous()
+        with monkeypatch.context() as m:
+            m.setattr(A, "CPU_CHANNELS_LAST", False)
+            seen = []
+            forward = model.forward
+            m.setattr(model, "forward", lambda inp: seen.append(inp.is_contiguous()) or forward(inp))
+            slow = attack(model, x, y, EPS, **kw)
+        assert seen and all(seen)
+        adv, lo, hi = x.clone(), (x - EPS).clamp(min=0), (x + EPS).clamp(max=1)
+        alpha, n_iter = kw.get("alpha", EPS), kw.get("n_iter", 1)
+        for _ in range(n_iter):
+            adv.requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(model(adv), y, reduction="sum")
+            (g,) = torch.autograd.grad(loss, adv)
+            adv = torch.clamp(adv.detach() + alpha * g.sign(), min=lo, max=hi)
+        assert torch.equal(slow.images, adv)
+        differ = (fast.images - slow.images).abs() > 1e-6
+        assert int(differ.sum()) <= 0.001 * differ.numel()
+        # a flipped step moves a pixel by 2 alpha at most (less at a bound)
+        assert float((fast.images - slow.images).abs().max()) <= 2 * alpha * n_iter + 1e-6
