@@ -58,6 +58,9 @@ _AUTO_ANN_MIN_QUERIES = 64
 # the cancellation of the |q|^2 - 2 q.r + |r|^2 expansion; they are recomputed
 # from the coordinates (which gives an exact 0 for identical vectors).
 _RECOMPUTE_RTOL = 1e-6
+# exact search: references whose largest squared norm exceeds this many times
+# the largest one about their mean are screened as a centred copy
+_CENTRE_RATIO = 4.0
 # exact search: a screening tile holds at most this many query x reference
 # entries (8 MiB in float32, plus 16 MiB of argpartition indices), and a
 # thread takes at most this many queries at a time.  Measured in
@@ -222,6 +225,8 @@ class _ExactIndex:
     from coordinate differences and are ordered by (distance, reference
     index).  A query with ``M`` candidates inside the window (too many ties
     for the margin) is redone by a full exact scan (:func:`_exact_row`).
+    References far from the origin are screened as a centred copy (memory:
+    one more copy of the references), which keeps the window narrow.
 
     Query chunks run on ``n_jobs`` threads (single-threaded BLAS each; by
     default as many as the BLAS thread pool has, see :mod:`._parallel`).
@@ -233,9 +238,25 @@ class _ExactIndex:
     def __init__(self, data, n_jobs=None):
         self.data = data
         self.sqnorm = np.einsum("ij,ij->i", data, data, dtype=np.float64)
-        self._sq = self.sqnorm.astype(data.dtype)
-        self._rmax = math.sqrt(float(self.sqnorm.max())) if data.shape[0] else 0.0
         self.n_jobs = n_jobs
+        # The screening window grows with the largest norm: references far
+        # from the origin (their mean dwarfs their spread) are screened as a
+        # centred copy, which narrows it (distances do not change).
+        self._shift, screen = None, data
+        if data.shape[0]:
+            mu = data.mean(axis=0, dtype=np.float64)
+            step = max(1, 2**22 // max(data.shape[1], 1))
+            centred = max(
+                float(np.einsum("ij,ij->i", data[a : a + step] - mu, data[a : a + step] - mu).max())
+                for a in range(0, data.shape[0], step)
+            )
+            if self.sqnorm.max() > _CENTRE_RATIO * centred:
+                self._shift = mu.astype(data.dtype)
+                screen = data - self._shift
+        self._screen_data = screen
+        sq = np.einsum("ij,ij->i", screen, screen, dtype=np.float64)
+        self._sq = sq.astype(data.dtype)
+        self._rmax = math.sqrt(float(sq.max())) if data.shape[0] else 0.0
 
     def query(self, Q, k):
         n_ref = self.data.shape[0]
@@ -254,7 +275,7 @@ class _ExactIndex:
 
     def _screen(self, Qw, M):
         """The M smallest ``|r|^2 - 2 q.r`` per query (values, indices), unsorted."""
-        R = self.data
+        R = self._screen_data
         n_ref = R.shape[0]
         block = min(n_ref, max(2 * M, _SCREEN_ENTRIES // max(Qw.shape[0], 1)))
         Qm2 = Qw * Qw.dtype.type(-2.0)  # exact: a power-of-2 scaling
@@ -276,6 +297,8 @@ class _ExactIndex:
         R = self.data
         n_ref, d = R.shape
         Qw = np.asarray(Q, dtype=R.dtype)
+        if self._shift is not None:
+            Qw = Qw - self._shift
         vals, cand = self._screen(Qw, M)
         order = np.argsort(vals, axis=1)
         vals = _take_rows(vals, order).astype(np.float64)

@@ -494,20 +494,22 @@ def _brute_knn(Q, R, k):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_jobs", [None, 2])
 @pytest.mark.parametrize("k", [1, 7, 60, 700])
-def test_exact_index_matches_brute_force_across_blocks(monkeypatch, dtype, n_jobs, k):
+@pytest.mark.parametrize("offset", [0.0, 500.0])
+def test_exact_index_matches_brute_force_across_blocks(monkeypatch, dtype, n_jobs, k, offset):
     # tiny screening tiles: many reference blocks merged per query chunk and
-    # several query chunks on threads; clustered data far from the origin
-    # (cancellation in the GEMM form) with duplicates and a query that is a
-    # reference row (zero distance)
+    # several query chunks on threads; clustered data near the origin or far
+    # from it (screened as a centred copy) with duplicates and a query that
+    # is a reference row (zero distance)
     monkeypatch.setattr(knnmod, "_SCREEN_ENTRIES", 2048)
     monkeypatch.setattr(knnmod, "_QUERY_CHUNK", 16)
     rng = np.random.RandomState(k)
     centres = rng.normal(scale=3.0, size=(5, 12))
-    R = (500.0 + centres[rng.randint(5, size=700)] + rng.normal(size=(700, 12))).astype(dtype)
+    R = (offset + centres[rng.randint(5, size=700)] + rng.normal(size=(700, 12))).astype(dtype)
     R[600:640] = R[3]  # a block of duplicates
-    Q = (500.0 + centres[rng.randint(5, size=45)] + rng.normal(size=(45, 12))).astype(dtype)
+    Q = (offset + centres[rng.randint(5, size=45)] + rng.normal(size=(45, 12))).astype(dtype)
     Q[0], Q[1] = R[3], R[10]
     index = knnmod._ExactIndex(R, n_jobs)
+    assert (index._shift is None) == (offset == 0.0)
     idx, dist = index.query(Q, k)
     want_idx, want_dist = _brute_knn(Q, R, k)
     np.testing.assert_array_equal(idx, want_idx)
@@ -542,3 +544,29 @@ def test_exact_index_ties_beyond_the_margin_fall_back_to_a_full_scan(monkeypatch
     np.testing.assert_array_equal(idx, want_idx)
     np.testing.assert_allclose(dist, want_dist, rtol=1e-12)
     assert calls == [40]  # only the query whose window overflowed
+
+
+def test_exact_index_far_from_the_origin_needs_no_full_scans(monkeypatch):
+    # features whose mean dwarfs their spread: screened uncentred, the
+    # rounding window would hold every reference and each query would fall
+    # back to a full exact scan; the centred screening copy keeps it narrow
+    calls = []
+    original = knnmod._exact_row
+    monkeypatch.setattr(
+        knnmod, "_exact_row", lambda *a: calls.append(1) or original(*a)
+    )
+    rng = np.random.RandomState(5)
+    centres = rng.normal(scale=2.0, size=(10, 32))
+    R = (300.0 + centres[rng.randint(10, size=5000)] + rng.normal(size=(5000, 32))).astype(np.float32)
+    Q = (300.0 + centres[rng.randint(10, size=20)] + rng.normal(size=(20, 32))).astype(np.float32)
+    index = knnmod._ExactIndex(R)
+    idx, dist = index.query(Q, 200)
+    want_idx, want_dist = _brute_knn(Q, R, 200)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(dist, want_dist, rtol=1e-12)
+    assert calls == []
+    # without the centred copy the same queries all need the full scan
+    monkeypatch.setattr(knnmod, "_CENTRE_RATIO", np.inf)
+    idx2, _ = knnmod._ExactIndex(R).query(Q, 200)
+    np.testing.assert_array_equal(idx2, want_idx)
+    assert len(calls) == len(Q)
