@@ -244,15 +244,14 @@ class _ExactIndex:
         # centred copy, which narrows it (distances do not change).
         self._shift, screen = None, data
         if data.shape[0]:
-            mu = data.mean(axis=0, dtype=np.float64)
-            step = max(1, 2**22 // max(data.shape[1], 1))
-            centred = max(
-                float(np.einsum("ij,ij->i", data[a : a + step] - mu, data[a : a + step] - mu).max())
-                for a in range(0, data.shape[0], step)
-            )
-            if self.sqnorm.max() > _CENTRE_RATIO * centred:
-                self._shift = mu.astype(data.dtype)
-                screen = data - self._shift
+            # any centre gives the same distances: the mean by one BLAS GEMV,
+            # and the centred norms from |x|^2 - 2 x.mu + |mu|^2 (only to
+            # decide; their rounding does not matter)
+            mu = np.ones(data.shape[0], dtype=data.dtype) @ data / data.dtype.type(data.shape[0])
+            centred = self.sqnorm - 2.0 * (data @ mu) + float(mu @ mu)
+            if self.sqnorm.max() > _CENTRE_RATIO * max(float(centred.max()), 0.0):
+                self._shift = mu
+                screen = data - mu
         self._screen_data = screen
         sq = np.einsum("ij,ij->i", screen, screen, dtype=np.float64)
         self._sq = sq.astype(data.dtype)
