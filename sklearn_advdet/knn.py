@@ -462,13 +462,14 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         at least 64 rows (single queries stay exact). Measured with k=1000 on
         this project's 2-core machine (``benchmarks/results/bench_knn.md``):
         on the real ResNet-20 CIFAR-10 features (50,000 x 64) the exact
-        search answered 1,000 queries in 0.22 s (scikit-learn's
-        ``NearestNeighbors(algorithm="brute")``: 0.44 s) at recall 1, while
-        pynndescent took 15 s to build (plus about 25 s of numba
-        compilation once per process) and then 0.72 s for the same 1,000
+        search answered 1,000 queries in 0.22-0.31 s (scikit-learn's
+        ``NearestNeighbors(algorithm="brute")``: 0.49 s) at recall 1, while
+        pynndescent took 18 s to build (plus about 26 s of numba
+        compilation once per process) and then 0.89 s for the same 1,000
         queries: it never pays its build back. At 1,000,000 x 256
-        (synthetic clusters) the exact search took 4.3 s per 1,000 queries
-        (scikit-learn: 6.1 s) and 28 ms per single query (118 ms);
+        (synthetic clusters) the exact search took 0.5 s to build and
+        4.6 s per 1,000 queries (scikit-learn: 7.1 s) and 29 ms per single
+        query (145 ms);
         pynndescent was not run at that size (its build grows faster than
         linearly). The 2,000,000 threshold is therefore an extrapolation:
         below it, "auto" is the exact search.
