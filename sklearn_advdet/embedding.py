@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from ._layout import check_layout
 from ._parallel import blas_num_threads, thread_map
+from ._rounding import safe_gamma
 from ._reference import load_reference
 
 __all__ = ["PivotEmbedder"]
@@ -41,16 +42,6 @@ _TIGHT_BOUND_MIN_DIM = 256
 # a cheap screening leaving more candidates than this is refined before the
 # exact re-summation
 _MAX_EXACT_CANDIDATES = 8
-
-
-def _gamma32(m):
-    """Three times Higham's ``gamma_m = m u / (1 - m u)`` for float32.
-
-    One ``gamma`` for the GEMM's sum of products, one for the float32
-    squared norms that enter it, one of margin for the second-order terms
-    and the float32 evaluation of the bounds themselves.
-    """
-    return 3.0 * m * _U32 / (1.0 - m * _U32)
 
 
 def _block(X, mu):
@@ -133,7 +124,7 @@ def _symmetric_row_sums(X, mu, block_size, n_threads, tight):
     ``tight`` (else None), and the norms of the centred rows.
     """
     n, d = X.shape
-    gamma = _gamma32(d + 4)
+    gamma = safe_gamma(d + 4, np.float32)
     starts = range(0, n, block_size)
     shared = None
     if n * (d + 2) <= 2 * block_size**2:
@@ -178,7 +169,7 @@ def _selected_row_sums(X, rows, mu, block_size, n_threads):
     rows against every block of X (no symmetry to exploit).
     """
     n, d = X.shape
-    gamma = _gamma32(d + 4)
+    gamma = safe_gamma(d + 4, np.float32)
 
     def block(k):
         idx = rows[k : k + block_size]
@@ -267,9 +258,11 @@ def _euclidean_medoid(X, block_size=512, n_threads=1):
         block_size = min(block_size, -(-n // (2 * n_threads)))
     sums, errs, r = _symmetric_row_sums(X, mu, block_size, n_threads, tight)
     # float32 summation of a tile row, square-root rounding, float64 totals
-    rounding = _gamma32(block_size) + 2 * _U32 + n * float(np.finfo(np.float64).eps)
+    rounding = (
+        safe_gamma(block_size, np.float32) + 2 * _U32 + n * float(np.finfo(np.float64).eps)
+    )
     if not tight:
-        errs = math.sqrt(_gamma32(d + 4)) * (n * r + r.sum())
+        errs = math.sqrt(safe_gamma(d + 4, np.float32)) * (n * r + r.sum())
     candidates = _candidates(sums, errs + rounding * sums)
     if len(candidates) > _MAX_EXACT_CANDIDATES and not tight:
         s2, e2 = _selected_row_sums(X, candidates, mu, block_size, n_threads)

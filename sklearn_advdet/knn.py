@@ -34,6 +34,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from ._layout import FeatureLayout, check_layout
 from ._parallel import n_threads_for, thread_map
+from ._rounding import safe_gamma
 
 __all__ = [
     "KNNClassScorer",
@@ -198,18 +199,6 @@ def _exact_row(q, R, sqnorm, k):
     return cand[order], d[order]
 
 
-def _screening_gamma(d, dtype):
-    """Three times Higham's ``gamma_{d+2}`` in the screening precision.
-
-    One for the GEMM ``-2 q.r`` plus ``|r|^2``, one for the rounding of the
-    stored squared norms and of queries cast to the data's precision, one of
-    margin for second-order terms.
-    """
-    u = float(np.finfo(dtype).eps) / 2
-    m = d + 2
-    return 3.0 * m * u / (1.0 - m * u)
-
-
 class _ExactIndex:
     """Exact brute-force k-NN: screening GEMM, then exact re-ranking.
 
@@ -219,7 +208,9 @@ class _ExactIndex:
     (at least ``k + 32``) smallest per query, merged block by block, so a
     screening tile never exceeds ``_SCREEN_ENTRIES`` entries (memory bounded
     whatever the reference size).  The error of every ``v`` is at most
-    ``b = gamma (max|r|^2 + 2 |q| max|r|)`` (:func:`_screening_gamma`), so
+    ``b = gamma_{d+2} (max|r|^2 + 2 |q| max|r|)`` (with the margins of
+    :func:`._rounding.safe_gamma`: the GEMM, the stored squared norms, the
+    queries cast to the data's precision), so
     the true k nearest all lie within ``2 b`` of the k-th smallest ``v``.
     Those candidates (usually ``k`` plus a few) get exact float64 distances
     from coordinate differences and are ordered by (distance, reference
@@ -253,7 +244,10 @@ class _ExactIndex:
                 self._shift = mu
                 screen = data - mu
         self._screen_data = screen
-        sq = np.einsum("ij,ij->i", screen, screen, dtype=np.float64)
+        if screen is data:
+            sq = self.sqnorm
+        else:
+            sq = np.einsum("ij,ij->i", screen, screen, dtype=np.float64)
         self._sq = sq.astype(data.dtype)
         self._rmax = math.sqrt(float(sq.max())) if data.shape[0] else 0.0
 
@@ -303,7 +297,7 @@ class _ExactIndex:
         vals = _take_rows(vals, order).astype(np.float64)
         cand = _take_rows(cand, order)
         q_norm = np.sqrt(np.einsum("ij,ij->i", Qw, Qw, dtype=np.float64))
-        bound = _screening_gamma(d, R.dtype) * (self._rmax**2 + 2.0 * q_norm * self._rmax)
+        bound = safe_gamma(d + 2, R.dtype) * (self._rmax**2 + 2.0 * q_norm * self._rmax)
         inside = (vals <= (vals[:, k - 1] + 2.0 * bound)[:, None]).sum(axis=1)
         width = int(inside.max())
         cand = cand[:, :width]

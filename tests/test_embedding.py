@@ -170,7 +170,7 @@ def test_gemm_row_sums_within_their_error_bound(d, n_threads):
         exact = squareform(pdist(np.asarray(X, dtype=np.float64))).sum(axis=1)
         mu = X.mean(axis=0, dtype=np.float64)
         sums, errs, _ = embedding._symmetric_row_sums(X, mu, 32, n_threads, tight=True)
-        rounding = embedding._gamma32(32) + 2 * embedding._U32
+        rounding = embedding.safe_gamma(32, np.float32) + 2 * embedding._U32
         bound = errs + rounding * sums
         assert np.all(np.abs(sums - exact) <= bound)
         assert np.all(bound < 1e-3 * exact)  # and tight enough to be useful
