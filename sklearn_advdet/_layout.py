@@ -11,7 +11,7 @@ from numbers import Integral
 
 import numpy as np
 
-__all__ = ["FeatureLayout", "check_layout"]
+__all__ = ["FeatureLayout", "check_layout", "LAYOUT_SHORTHANDS"]
 
 
 class FeatureLayout:
@@ -58,11 +58,6 @@ class FeatureLayout:
                 )
         sizes = tuple(int(s) for s in sizes)
         has_logits = bool(has_logits)
-        if has_logits and len(sizes) < 2:
-            raise ValueError(
-                "a layout with a logits block needs at least one hidden layer "
-                f"before it, got sizes={sizes!r}"
-            )
         if names is None:
             n_hidden = len(sizes) - int(has_logits)
             names = [f"layer{i}" for i in range(n_hidden)]
@@ -215,42 +210,73 @@ class FeatureLayout:
         )
 
 
-def check_layout(layer_sizes, n_features=None, *, logits_last=False):
+LAYOUT_SHORTHANDS = ("single", "logits")
+
+
+def check_layout(layer_sizes, n_features=None, *, need_logits=False,
+                 need_layers=True, estimator=None):
     """Turn an estimator's ``layer_sizes`` parameter into a FeatureLayout.
+
+    The one rule of the package, the same in every estimator:
+
+    - a :class:`FeatureLayout` is taken as it is;
+    - a plain sequence of ints is ``FeatureLayout(sizes)``: hidden layers
+      only, **no logits block** (pass ``FeatureLayout(sizes,
+      has_logits=True)`` when the logits are the last block of ``X``);
+    - ``"single"``: all of ``X`` is one hidden-layer block, no logits;
+    - ``"logits"``: all of ``X`` is the logits block, no hidden layer;
+    - ``None`` is refused: the width of ``X`` never decides the layout.
 
     Parameters
     ----------
-    layer_sizes : FeatureLayout or sequence of int or None
-        A layout, or the block sizes of ``X`` in column order. ``None`` means
-        a single block spanning all ``n_features`` columns.
+    layer_sizes : FeatureLayout, sequence of int, "single" or "logits"
     n_features : int, default=None
         When given, the layout must cover exactly this many columns.
-    logits_last : bool, default=False
-        How to read a plain sequence: whether its last entry is the logits
-        block. Ignored when a FeatureLayout is passed.
+    need_logits : bool, default=False
+        The estimator reads the logits block (e.g. the DNN's predicted
+        class): a layout without one raises a ValueError naming the fix.
+    need_layers : bool, default=True
+        The estimator reads hidden layers: a logits-only layout raises.
+    estimator : str, default=None
+        Name used in the error messages.
 
     Returns
     -------
     FeatureLayout
     """
+    who = estimator or "this estimator"
     if isinstance(layer_sizes, FeatureLayout):
         layout = layer_sizes
-    elif layer_sizes is None:
+    elif isinstance(layer_sizes, str) and layer_sizes in LAYOUT_SHORTHANDS:
         if n_features is None:
-            raise ValueError("layer_sizes=None needs the number of columns of X")
-        if logits_last:
-            raise ValueError(
-                "layer_sizes is required here: pass the block sizes of X with "
-                "the logits block last, or the FeatureLayout of the feature store"
-            )
-        layout = FeatureLayout([n_features])
+            raise ValueError(f"layer_sizes={layer_sizes!r} needs the number of columns of X")
+        layout = (FeatureLayout([n_features]) if layer_sizes == "single"
+                  else FeatureLayout([n_features], names=["logits"], has_logits=True))
+    elif layer_sizes is None:
+        raise ValueError(
+            f"{who} needs layer_sizes: pass the FeatureLayout of the feature store "
+            "that produced X (e.g. data.layout), a tuple of hidden-layer sizes "
+            "(no logits), or 'single' to treat all of X as one hidden layer"
+        )
     elif isinstance(layer_sizes, (str, bytes, dict)) or np.isscalar(layer_sizes):
         raise TypeError(
-            "layer_sizes must be a FeatureLayout or a sequence of positive "
-            f"ints, got {layer_sizes!r}"
+            "layer_sizes must be a FeatureLayout, a sequence of positive ints, "
+            f"'single' or 'logits', got {layer_sizes!r}"
         )
     else:
-        layout = FeatureLayout(layer_sizes, has_logits=logits_last)
+        layout = FeatureLayout(layer_sizes)
     if n_features is not None:
         layout.check_n_features(n_features)
+    if need_logits and not layout.has_logits:
+        raise ValueError(
+            f"{who} needs the logits block of X (the DNN's predicted class) but "
+            f"the layout {list(layout.sizes)} has none: a plain tuple means hidden "
+            "layers only, so pass FeatureLayout(sizes, has_logits=True) with the "
+            "logits as the last block (the feature store's layout does this)"
+        )
+    if need_layers and layout.n_layers == 0:
+        raise ValueError(
+            f"{who} reads hidden layers but the layout holds the logits only: "
+            "pass the layout of the hidden layers and the logits"
+        )
     return layout

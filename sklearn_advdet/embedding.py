@@ -426,12 +426,14 @@ class PivotEmbedder(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    layer_sizes : tuple of int, FeatureLayout or None, default=None
-        Column layout of ``X``: the width of each layer block in column order
-        (a plain tuple has no logits block), or the
-        :class:`~sklearn_advdet.FeatureLayout` of the feature store.  ``None``
+    layer_sizes : FeatureLayout, tuple of int or "single", default=None
+        Column layout of ``X`` (the package's one rule): the
+        :class:`~sklearn_advdet.FeatureLayout` of the feature store (its
+        logits block is never embedded), or the width of each hidden-layer
+        block in column order (a plain tuple has no logits block), or
+        ``"single"`` for one hidden layer spanning all columns.  ``None``
         takes the layout of the ``reference`` feature store when there is
-        one, and otherwise treats all columns as one layer.
+        one, and otherwise raises.
     layers : "all", int, str or list of them, default="all"
         Hidden layers to embed, by index or name.  ``"all"`` embeds every
         hidden layer; the logits block is never embedded.
@@ -621,7 +623,7 @@ class PivotEmbedder(TransformerMixin, BaseEstimator):
         if self.layer_sizes is None and store_layout is not None:
             layout = check_layout(store_layout, X.shape[1])
         else:
-            layout = check_layout(self.layer_sizes, X.shape[1])
+            layout = check_layout(self.layer_sizes, X.shape[1], estimator="PivotEmbedder")
         layer_indices = layout.select(self.layers)
         classes = np.unique(y_ref)
         if len(classes) < 2:

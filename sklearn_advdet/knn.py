@@ -415,12 +415,13 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    layer_sizes : FeatureLayout or tuple of int or None, default=None
-        Column layout of ``X``. A tuple lists the block widths in column
-        order, the **last one being the logits block**. A FeatureLayout must
-        have ``has_logits=True`` (otherwise fit raises). ``None`` is a
-        fallback for ``X`` without logits: all columns are one hidden layer
-        and, the DNN's prediction being unknown, the score is that of the
+    layer_sizes : FeatureLayout, tuple of int or "single", default=None
+        Column layout of ``X`` (the package's one rule, see
+        :func:`~sklearn_advdet._layout.check_layout`): the layout must have
+        the logits block (``FeatureLayout(sizes, has_logits=True)``); a plain
+        tuple means hidden layers only and so raises, naming the fix.
+        ``"single"`` is an explicit fallback for ``X`` without logits: all
+        columns are one hidden layer and, the DNN's prediction being unknown, the score is that of the
         neighbours' own weighted-majority class (the kNN's confidence; ties go
         to the first class); ``y`` may then hold any labels. The paper's
         method needs the logits: pass the layout.
@@ -578,16 +579,10 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
 
     # ----------------------------------------------------------------- layout
     def _resolve_layout(self, n_features):
-        if self.layer_sizes is None:
-            return FeatureLayout([n_features])
-        layout = check_layout(self.layer_sizes, n_features, logits_last=True)
-        if not layout.has_logits:
-            raise ValueError(
-                "KNNClassScorer needs the logits block to know the DNN's predicted "
-                "class: pass FeatureLayout(..., has_logits=True) (or a tuple of "
-                "block sizes whose last entry is the logits block)"
-            )
-        return layout
+        if isinstance(self.layer_sizes, str) and self.layer_sizes == "single":
+            return check_layout("single", n_features)
+        return check_layout(self.layer_sizes, n_features, need_logits=True,
+                            estimator="KNNClassScorer")
 
     def _preprocess_fit(self, Z, rng):
         if self.preprocessing is None:

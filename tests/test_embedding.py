@@ -53,7 +53,7 @@ def one_blas_thread():
 
 # ------------------------------------------------------------ common checks
 @parametrize_with_checks(
-    [PivotEmbedder(), PivotEmbedder(pivots="medoid", metric="cosine", block_size=7)],
+    [PivotEmbedder("single"), PivotEmbedder("single", pivots="medoid", metric="cosine", block_size=7)],
     expected_failed_checks=lambda est: {},
 )
 def test_sklearn_compatible(estimator, check):

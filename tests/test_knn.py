@@ -306,7 +306,7 @@ def test_layer_sizes_none_scores_the_knn_majority(two_layer_data, weights):
 
 # ------------------------------------------------------- common sklearn checks
 @parametrize_with_checks(
-    [KNNClassScorer(n_neighbors=5), ScoreThresholdDetector()],
+    [KNNClassScorer("single", n_neighbors=5), ScoreThresholdDetector()],
     expected_failed_checks=lambda est: (
         {
             "check_classifiers_train": (
