@@ -2,7 +2,7 @@
 
     python benchmarks/run_reproduce.py [--depth 20] [--size default] [--quick]
 
-Runs :func:`sklearn_advdet.deep.reproduce.reproduce` on ``../shared/data``
+Runs :func:`sklearn_advdet.experiments.reproduce.reproduce` on ``../shared/data``
 (or ``--data``) into ``--out`` (default ``<temp dir>/advdet-reproduce/
 resnet<depth>-<size>``, which also holds the resumable feature stores), then
 copies ``results.md`` to ``benchmarks/results/reproduce_resnet<depth>.md``
@@ -37,7 +37,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     size = "tiny" if args.quick else args.size
 
-    from sklearn_advdet.deep.reproduce import reproduce
+    from sklearn_advdet.experiments.reproduce import reproduce
 
     out = Path(args.out or Path(tempfile.gettempdir()) / "advdet-reproduce"
                / f"resnet{args.depth}-{size}")

@@ -19,7 +19,7 @@ _EXPORTS = {
     "balanced_sample_weight": ".detectors",
     "KNNClassScorer": ".knn",
     "ScoreThresholdDetector": ".knn",
-    "load_digits_detection": ".datasets",
+    "load_digits_detection": ".deep.digits_detection",
     "load_feature_store": ".datasets",
     "get_data_home": ".datasets",
 }

@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 from sklearn.model_selection import GroupKFold
 
-from sklearn_advdet import FeatureLayout, datasets
-from sklearn_advdet.datasets import (
-    clear_data_home,
-    get_data_home,
-    load_digits_detection,
-    load_feature_store,
-)
+from sklearn_advdet import FeatureLayout, datasets, load_digits_detection
+from sklearn_advdet.datasets import clear_data_home, get_data_home, load_feature_store
+from sklearn_advdet.deep import digits_detection as ddmod
 
 ARRAYS = datasets._ARRAYS
 FAMILIES = {"fgsm", "bim", "pgd", "mifgsm", "lbfgs", "gaussian_noise", "sign_noise",
@@ -121,7 +117,7 @@ def test_features_match_a_recomputation(digits_detection):
     d = digits_detection
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:, None]
-    cfg = datasets.DIGITS_DETECTION_CONFIG
+    cfg = ddmod.DIGITS_DETECTION_CONFIG
     with torch_threads(1):
         model = train_digits_cnn(images[d.train_index], digits.target[d.train_index],
                                  epochs=cfg["cnn_epochs"], random_state=0)
@@ -154,7 +150,7 @@ def test_warm_load_is_identical_and_does_not_rebuild(digits_detection, monkeypat
         raise AssertionError("the warm path must not train or build")
 
     monkeypatch.setattr(digits_module, "train_digits_cnn", forbidden)
-    monkeypatch.setattr(datasets, "_build", forbidden)
+    monkeypatch.setattr(ddmod, "_build", forbidden)
     warm = load_digits_detection()
     for k in ARRAYS:
         np.testing.assert_array_equal(warm[k], digits_detection[k], err_msg=k)
@@ -166,7 +162,7 @@ def test_warm_load_is_identical_and_does_not_rebuild(digits_detection, monkeypat
 def test_warm_load_does_not_import_torch(digits_detection):
     code = (
         "import sys, numpy as np\n"
-        "from sklearn_advdet.datasets import load_digits_detection\n"
+        "from sklearn_advdet import load_digits_detection\n"
         "d = load_digits_detection(build_if_missing=False)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print(d.X.shape[0], float(np.float64(d.X.sum(dtype=np.float64))))\n"
@@ -217,7 +213,7 @@ def test_interrupted_build_leaves_no_complete_cache(tmp_path, monkeypatch):
         saved.append(path)
         real_save(path, array)
 
-    monkeypatch.setattr(datasets, "_build", _fake_build)
+    monkeypatch.setattr(ddmod, "_build", _fake_build)
     monkeypatch.setattr(datasets, "_save_array", failing_save)
     with pytest.raises(RuntimeError, match="injected"):
         load_digits_detection(data_home=home)
@@ -229,7 +225,7 @@ def test_interrupted_build_leaves_no_complete_cache(tmp_path, monkeypatch):
 
     # a process killed hard (no clean-up) leaves only a temporary folder,
     # which is never taken for a cache
-    monkeypatch.setattr(datasets.shutil, "rmtree", lambda *a, **k: None)
+    monkeypatch.setattr(ddmod.shutil, "rmtree", lambda *a, **k: None)
     saved.clear()
     with pytest.raises(RuntimeError, match="injected"):
         load_digits_detection(data_home=home)
@@ -240,7 +236,7 @@ def test_interrupted_build_leaves_no_complete_cache(tmp_path, monkeypatch):
         load_digits_detection(data_home=home, build_if_missing=False)
 
     # the next (successful) build is complete and loads what it wrote
-    monkeypatch.setattr(datasets, "_build", _fake_build)
+    monkeypatch.setattr(ddmod, "_build", _fake_build)
     data = load_digits_detection(data_home=home)
     expected, _ = _fake_build(0, False)
     for k in ARRAYS:
@@ -255,7 +251,7 @@ def test_exception_during_build_writes_nothing(tmp_path, monkeypatch):
     def failing_build(random_state, progress):
         raise RuntimeError("injected failure while building")
 
-    monkeypatch.setattr(datasets, "_build", failing_build)
+    monkeypatch.setattr(ddmod, "_build", failing_build)
     with pytest.raises(RuntimeError, match="injected"):
         load_digits_detection(data_home=tmp_path)
     assert _cache_dirs(tmp_path) == []
@@ -268,7 +264,7 @@ def test_refresh_and_cache_key(tmp_path, monkeypatch):
         calls.append(random_state)
         return _fake_build(random_state, progress)
 
-    monkeypatch.setattr(datasets, "_build", counting_build)
+    monkeypatch.setattr(ddmod, "_build", counting_build)
     first = load_digits_detection(data_home=tmp_path)
     load_digits_detection(data_home=tmp_path)
     assert calls == [0]
@@ -279,7 +275,7 @@ def test_refresh_and_cache_key(tmp_path, monkeypatch):
     assert not np.array_equal(first.X, other.X)
     assert len(_cache_dirs(tmp_path)) == 2
     # a damaged cache is rebuilt rather than half read
-    key = datasets._cache_key(1)
+    key = ddmod._cache_key(1)
     (tmp_path / "digits_detection" / key / "X.npy").write_bytes(b"garbage")
     load_digits_detection(data_home=tmp_path, random_state=1)
     assert calls == [0, 0, 1, 1]

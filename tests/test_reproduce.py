@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from sklearn_advdet.deep.reproduce import (
+from sklearn_advdet.experiments.reproduce import (
     EPS_255,
     SIZES,
     locate_cifar_tars,

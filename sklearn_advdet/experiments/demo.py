@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
+from .. import metrics
 
 __all__ = ["run_demo", "comparison_table"]
 
@@ -67,10 +67,10 @@ def run_demo(out_dir="advdet_out", *, random_state=0, n_jobs=None, max_epochs=10
     import matplotlib.pyplot as plt
     from sklearn.model_selection import GroupShuffleSplit
 
-    from .datasets import load_digits_detection
-    from .detectors import MLPDetector, SequenceLSTMDetector, balanced_sample_weight
-    from .embedding import PivotEmbedder
-    from .knn import KNNClassScorer, ScoreThresholdDetector
+    from ..deep.digits_detection import load_digits_detection
+    from ..detectors import MLPDetector, SequenceLSTMDetector, balanced_sample_weight
+    from ..embedding import PivotEmbedder
+    from ..knn import KNNClassScorer, ScoreThresholdDetector
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
