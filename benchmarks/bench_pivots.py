@@ -4,7 +4,7 @@ The authors computed a class medoid with ``scipy.spatial.distance.pdist`` +
 ``squareform`` (the full n x n matrix) and the argmin of its row sums.  This
 script runs that, ``sklearn.metrics.pairwise_distances_chunked`` with a
 row-sum reducer (the scikit-learn building block), and
-``sklearn_advdet.embedding._euclidean_medoid`` (symmetric float32 GEMM tiles
+``sklearn_advdet._medoid._euclidean_medoid`` (symmetric float32 GEMM tiles
 with a rigorous error bound + exact float64 re-check of near-ties, on one
 thread and on one thread per core) on the same float32 data, asserts that all three pick
 the same medoid, and reports the best-of-r wall time and the peak traced

@@ -15,9 +15,10 @@ from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import sklearn_advdet._medoid as _medoid
 import sklearn_advdet.embedding as embedding
 from sklearn_advdet import FeatureLayout, PivotEmbedder
-from sklearn_advdet.embedding import _cosine_medoid, _euclidean_medoid
+from sklearn_advdet._medoid import _cosine_medoid, _euclidean_medoid
 
 SIZES = (3, 5, 4)  # three layers
 
@@ -147,14 +148,14 @@ def test_euclidean_medoid_near_tie_needs_exact_resum(d, n_threads):
 def test_euclidean_medoid_refines_many_candidates(monkeypatch):
     # force the refinement step (tight bounds for the screened candidates)
     calls = []
-    original = embedding._selected_row_sums
+    original = _medoid._selected_row_sums
 
     def spy(*args, **kwargs):
         calls.append(len(args[1]))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(embedding, "_MAX_EXACT_CANDIDATES", 0)
-    monkeypatch.setattr(embedding, "_selected_row_sums", spy)
+    monkeypatch.setattr(_medoid, "_MAX_EXACT_CANDIDATES", 0)
+    monkeypatch.setattr(_medoid, "_selected_row_sums", spy)
     X = _near_tie(8, seed=1)
     assert _euclidean_medoid(X, 16) == 0 == _brute_medoid(X)
     assert calls and calls[0] >= 2
@@ -169,19 +170,19 @@ def test_gemm_row_sums_within_their_error_bound(d, n_threads):
     for X in (1e4 + rng.normal(size=(203, d)), rng.gamma(2.0, size=(203, d)).astype(np.float32)):
         exact = squareform(pdist(np.asarray(X, dtype=np.float64))).sum(axis=1)
         mu = X.mean(axis=0, dtype=np.float64)
-        sums, errs, _ = embedding._symmetric_row_sums(X, mu, 32, n_threads, tight=True)
-        rounding = embedding.safe_gamma(32, np.float32) + 2 * embedding._U32
+        sums, errs, _ = _medoid._symmetric_row_sums(X, mu, 32, n_threads, tight=True)
+        rounding = _medoid.safe_gamma(32, np.float32) + 2 * _medoid._U32
         bound = errs + rounding * sums
         assert np.all(np.abs(sums - exact) <= bound)
         assert np.all(bound < 1e-3 * exact)  # and tight enough to be useful
-        cheap, none, _ = embedding._symmetric_row_sums(X, mu, 32, n_threads, tight=False)
+        cheap, none, _ = _medoid._symmetric_row_sums(X, mu, 32, n_threads, tight=False)
         assert none is None
         np.testing.assert_allclose(cheap, sums, rtol=1e-6)
         rows = np.array([0, 5, 31, 32, 33, 202])  # across block edges
-        s2, e2 = embedding._selected_row_sums(X, rows, mu, 32, n_threads)
+        s2, e2 = _medoid._selected_row_sums(X, rows, mu, 32, n_threads)
         assert np.all(np.abs(s2 - exact[rows]) <= e2 + rounding * s2)
         np.testing.assert_allclose(
-            embedding._exact_row_sums(X, rows, mu, 32), exact[rows], rtol=1e-12
+            _medoid._exact_row_sums(X, rows, mu, 32), exact[rows], rtol=1e-12
         )
 
 
