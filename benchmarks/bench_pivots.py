@@ -29,7 +29,7 @@ from scipy.spatial.distance import pdist, squareform
 from sklearn.metrics import pairwise_distances_chunked
 from threadpoolctl import threadpool_limits
 
-from sklearn_advdet.embedding import _euclidean_medoid
+from sklearn_advdet._medoid import _euclidean_medoid
 
 
 def authors_medoid(X):
