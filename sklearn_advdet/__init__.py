@@ -16,7 +16,7 @@ _EXPORTS = {
     "PivotEmbedder": ".embedding",
     "SequenceLSTMDetector": ".detectors",
     "MLPDetector": ".detectors",
-    "balanced_sample_weight": ".detectors",
+    "balanced_sample_weight": ".sample_weights",
     "KNNClassScorer": ".knn",
     "ScoreThresholdDetector": ".knn",
     "load_digits_detection": ".deep.digits_detection",
