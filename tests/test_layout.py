@@ -38,8 +38,29 @@ def test_check_layout_messages():
         check_layout([3, 0], 3)
     with pytest.raises(TypeError, match="sequence of positive ints"):
         check_layout("64", 64)
-    assert check_layout(None, 7).sizes == (7,)
-    assert check_layout([4, 3], 7, logits_last=True).has_logits
+
+def test_one_rule_for_plain_tuples_and_shorthands():
+    # a plain tuple is FeatureLayout(tuple): hidden layers only, no logits
+    assert check_layout((4, 3), 7) == FeatureLayout([4, 3])
+    assert not check_layout([4, 3], 7).has_logits
+    single = check_layout("single", 7)
+    assert single == FeatureLayout([7]) and single.n_layers == 1
+    logits = check_layout("logits", 7, need_logits=True, need_layers=False)
+    assert logits.has_logits and logits.n_layers == 0 and logits.logits_slice == slice(0, 7)
+    assert logits.select("all") == []
+    layout = FeatureLayout([4, 3], has_logits=True)
+    assert check_layout(layout, 7, need_logits=True) is layout
+
+
+def test_check_layout_refuses_guessing_and_names_the_fix():
+    with pytest.raises(ValueError, match="needs layer_sizes: pass the FeatureLayout"):
+        check_layout(None, 7)
+    with pytest.raises(ValueError, match=r"Foo needs the logits block.*has_logits=True"):
+        check_layout((4, 3), 7, need_logits=True, estimator="Foo")
+    with pytest.raises(ValueError, match="reads hidden layers but the layout holds the logits"):
+        check_layout("logits", 7)
+    with pytest.raises(TypeError, match="'single' or 'logits'"):
+        check_layout("all", 7)
 
 
 def test_dict_round_trip_and_equality():
