@@ -197,7 +197,7 @@ def test_model_mode_and_requires_grad_restored(digits, batch):
         assert [p.requires_grad for p in model.parameters()] == before_grads
         assert all(p.grad is None for p in model.parameters())
         # and after a failure inside the attack (a label the model does not have)
-        with pytest.raises(IndexError):
+        with pytest.raises(ValueError, match=r"class indices in \[0, 10\)"):
             A.bim(model, x, torch.full_like(y, 12), EPS)
         assert [m.training for m in model.modules()] == before_modes
         assert [p.requires_grad for p in model.parameters()] == before_grads
@@ -386,11 +386,19 @@ def test_run_attack_is_seeded_and_passes_targets(digits, batch):
     assert not torch.equal(res.target[:8] - y[:8], res.target[8:16] - y[8:16])
 
 
-def test_run_attack_progress_bar(digits, batch, capsys):
+def test_run_attack_progress_bar(digits, batch, capsys, monkeypatch):
+    # one bar per attack over its batches (the package shows bars on a
+    # terminal only: pretend stderr is one), nothing when progress=False
+    from sklearn_advdet import _progress
+
+    monkeypatch.setattr(_progress, "_is_terminal", lambda stream: True)
     x, y = batch[0][:20], batch[1][:20]
     res = run_attack("fgsm", digits[0], x, y, eps=EPS, batch_size=8, progress=True)
     assert len(res) == 20
-    assert "fgsm" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "fgsm" in err and "3/3" in err
+    run_attack("fgsm", digits[0], x, y, eps=EPS, batch_size=8, progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_run_attack_empty_input(digits):
@@ -438,6 +446,49 @@ def test_bad_inputs_give_clear_errors(digits, batch):
         A.bim(model, x, y, EPS, alpha=2)
     with pytest.raises(TypeError, match="numpy array or a torch tensor"):
         A.fgsm(model, "images", y, EPS)
+    with pytest.raises(ValueError, match=r"NHWC.*x\.permute\(0, 3, 1, 2\)"):
+        A.fgsm(model, torch.rand(4, 8, 8, 1), y, EPS)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        run_attack("pgd", model, bad, y, eps=EPS)
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_an_impossible_label_is_a_value_error_for_every_attack(digits, batch, name):
+    """A label == n_classes: a ValueError naming the range, never torch's
+    IndexError and never a "success" against a class the model lacks."""
+    model = digits[0]
+    x, y = batch[0][:4], batch[1][:4].clone()
+    y[1] = 10
+    kw = dict(FAST[name], eps=EPS)
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 10\)"):
+        ATTACKS[name](model, x, y, random_state=0, **kw)
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 10\)"):
+        run_attack(name, model, x, y, device="cpu", random_state=0, **kw)
+
+
+def test_an_impossible_target_is_a_value_error(digits, batch):
+    model = digits[0]
+    x, y = batch[0][:4], batch[1][:4]
+    with pytest.raises(ValueError, match=r"target must be class indices in \[0, 10\)"):
+        A.fgsm(model, x, y, EPS, targeted=True, target=10)
+    with pytest.raises(ValueError, match="target=10 is not a class"):
+        run_attack("bim", model, x, y, eps=EPS, targeted=True, target=10, device="cpu")
+
+
+def test_a_model_with_tuple_output_gets_a_clear_error(batch):
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            z = self.fc(x.flatten(1))
+            return z, x
+
+    with pytest.raises(ValueError, match="not one logits tensor"):
+        A.pgd(Pair(), batch[0][:4], batch[1][:4], EPS, random_state=0)
 
 
 # --------------------------------------------------------------------------
@@ -567,9 +618,10 @@ def test_channels_last_fallback_for_a_model_that_needs_contiguous_input():
         net(x.contiguous(memory_format=torch.channels_last))
     res = A.bim(net, x, y, EPS, alpha=0.02, n_iter=5)
     assert net in A._CHANNELS_LAST_FAILED
-    # a failed channels_last call, then contiguous ones only: 5 steps + the
-    # success check + the one that raised above and the one inside bim
-    assert net.calls == 2 + 5 + 1
+    # a failed channels_last call, then contiguous ones only: the check of
+    # the labels against the classes (the one that fails and its retry), 5
+    # steps and the success check, + the one that raised above
+    assert net.calls == 1 + 2 + 5 + 1
     # the same images as a plain contiguous loop
     adv, lo, hi = x.clone(), (x - EPS).clamp(min=0), (x + EPS).clamp(max=1)
     for _ in range(5):

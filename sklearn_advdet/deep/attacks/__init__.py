@@ -1,0 +1,82 @@
+"""Adversarial attacks on image classifiers that take images in [0, 1].
+
+Every attack works on a batch of images ``(N, C, H, W)`` (any shape with the
+batch first works) with values in [0, 1]; the input normalisation belongs
+inside the model.  Perturbation budgets ``eps`` are L-inf bounds in the same
+[0, 1] units: use :func:`eps_from_255` for the usual ``8/255`` notation.
+
+The attacks and their defaults:
+
+==========================  ===================================================
+``fgsm``                    Goodfellow et al. 2015, one signed-gradient step.
+``bim``                     Kurakin et al. 2017, ``alpha=1/255`` steps,
+                            ``n_iter = floor(min(eps*255 + 4, 1.25*eps*255))``.
+``pgd``                     Madry et al. 2018, uniform random start in the
+                            eps-ball, 10 steps of ``2.5*eps/n_iter``.
+``mifgsm``                  Dong et al. 2018, momentum on L1-normalised
+                            gradients, ``decay=1``, 10 steps of ``eps/n_iter``.
+``lbfgs``                   Szegedy et al. 2014, box-constrained L-BFGS
+                            (scipy's L-BFGS-B) toward a random target class,
+                            binary search on the constant.
+``gaussian_noise``          Gaussian noise (``std=eps/2`` by default).
+``sign_noise``              The NIPS 2017 toolkit's random noise: +/-eps per
+                            pixel.
+``iterative_target_class``  The NIPS 2017 toolkit's baseline: steps of
+                            1/255 toward a fixed random target class (20, or
+                            more where the budget needs them).
+==========================  ===================================================
+
+Each attack returns an :class:`AttackResult` with the adversarial images and a
+success mask.  Inputs are checked by :mod:`sklearn_advdet.deep._checks`: NCHW
+float images in [0, 1] without NaN, labels that are classes of the model
+(a ``ValueError`` otherwise), a model that returns one logits tensor.  :func:`run_attack` runs any of them by name over a whole data
+set in batches on a device; :data:`ATTACKS` maps the names to the functions.
+
+All attacks put the model in eval mode for the run and restore every
+module's previous mode afterwards, switch off ``requires_grad`` on the
+model's parameters for the run (only input gradients are needed) and restore
+it, never modify their inputs in place, and draw their random numbers from a
+``torch.Generator`` seeded from ``random_state`` (no global seeds).
+
+Speed and bitwise reproducibility: on the CPU the model sees 4-D inputs in
+the channels_last memory format (:data:`CPU_CHANNELS_LAST`), which makes
+oneDNN's convolutions 13-22 % faster (CIFAR ResNet-20, batch 128; see
+``benchmarks/results/bench_attacks.md``).  The values are the same, but the
+convolutions round differently, so the sign of a gradient component that is
+numerically zero can flip: an iterative attack on a multi-channel conv net
+may then differ from the same attack on contiguous input (or from
+torchattacks) in a few pixels, by ``2 * alpha``.  Set
+``sklearn_advdet.deep.attacks.CPU_CHANNELS_LAST = False`` for results
+identical to the contiguous layout.
+"""
+
+
+# the modules, one concept each: _base (results, checks, the model's
+# forward), gradient, lbfgs, noise, runner (registry and batch driver)
+from ._base import AttackResult, eps_from_255
+from ._base import _CHANNELS_LAST_FAILED  # noqa: F401  (tests and benchmarks)
+from .gradient import bim, fgsm, iterative_target_class, mifgsm, pgd
+from .lbfgs import lbfgs
+from .noise import gaussian_noise, sign_noise
+from .runner import ATTACKS, run_attack
+
+__all__ = [
+    "ATTACKS",
+    "CPU_CHANNELS_LAST",
+    "AttackResult",
+    "bim",
+    "eps_from_255",
+    "fgsm",
+    "gaussian_noise",
+    "iterative_target_class",
+    "lbfgs",
+    "mifgsm",
+    "pgd",
+    "run_attack",
+    "sign_noise",
+]
+
+#: Feed 4-D CPU inputs to the model in the channels_last memory format
+#: (faster convolutions; see the module docstring for the few pixels this
+#: can change).  ``False``: the input's own layout, bitwise like a plain loop.
+CPU_CHANNELS_LAST = True
