@@ -86,8 +86,9 @@ def load_feature_store(path, *, mmap_mode="r"):
     data : sklearn.utils.Bunch
         X : ndarray of float32 (n_samples, n_features)
             Every layer, then the logits block (when the store has one).
-        layer_sizes : FeatureLayout
-            Column layout of ``X``: pass it to the estimators.
+        layout : FeatureLayout
+            Column layout of ``X`` (logits block last): pass it to the
+            estimators as ``layer_sizes``; ``layer_sizes`` is the same object.
         layer_names : list of str
             Hooked module names.
         labels, predictions, logits : ndarray or None
@@ -108,6 +109,7 @@ def load_feature_store(path, *, mmap_mode="r"):
     layout = store.layout
     return Bunch(
         X=store.X,
+        layout=layout,
         layer_sizes=layout,
         layer_names=layout.layer_names,
         labels=store.labels,
@@ -257,6 +259,7 @@ def _load_cache(path):
         layout.check_n_features(arrays[name].shape[1])
     return Bunch(
         **arrays,
+        layout=layout,
         layer_sizes=layout,
         layer_names=layout.layer_names,
         cnn_accuracy=float(meta["cnn_accuracy"]),

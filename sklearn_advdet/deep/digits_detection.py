@@ -225,7 +225,8 @@ def load_digits_detection(
         metadata (``groups`` = index of the source image in ``load_digits()``).
         X_errors, errors_groups, errors_true_class, errors_pred_class : the
         natural errors.
-        layer_sizes : FeatureLayout of the columns (logits block last).
+        layout : FeatureLayout of the columns (logits block last); also
+        available as ``layer_sizes``.
         layer_names : hooked module names.
         cnn_accuracy : the CNN's test accuracy.
         attack_summary : per attack configuration, counts of attacked,
@@ -237,7 +238,7 @@ def load_digits_detection(
     --------
     >>> from sklearn_advdet import load_digits_detection
     >>> data = load_digits_detection()  # doctest: +SKIP
-    >>> data.X.shape[1] == data.layer_sizes.n_features  # doctest: +SKIP
+    >>> data.X.shape[1] == data.layout.n_features  # doctest: +SKIP
     True
     """
     if isinstance(random_state, bool) or not isinstance(random_state, Integral):

@@ -84,7 +84,7 @@ def run_demo(out_dir="advdet_out", *, random_state=0, n_jobs=None, max_epochs=10
         data_home=data_home, random_state=random_state, progress=progress
     )
     timings["data"] = time.perf_counter() - t0
-    layout = data.layer_sizes
+    layout = data.layout
     log(
         f"digits CNN: test accuracy {data.cnn_accuracy:.3f}; reference set "
         f"{data.X_ref.shape[0]} images, detection set {data.X.shape[0]} rows "
