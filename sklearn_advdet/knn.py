@@ -415,11 +415,11 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    layer_sizes : FeatureLayout, tuple of int or "single", default=None
+    layer_sizes : FeatureLayout or "single", default=None
         Column layout of ``X`` (the package's one rule, see
         :func:`~sklearn_advdet._layout.check_layout`): the layout must have
         the logits block (``FeatureLayout(sizes, has_logits=True)``); a plain
-        tuple means hidden layers only and so raises, naming the fix.
+        tuple means hidden layers only and so raises, naming the fix, as does None.
         ``"single"`` is an explicit fallback for ``X`` without logits: all
         columns are one hidden layer and, the DNN's prediction being unknown, the score is that of the
         neighbours' own weighted-majority class (the kNN's confidence; ties go
@@ -521,12 +521,13 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
     Examples
     --------
     >>> import numpy as np
-    >>> from sklearn_advdet import KNNClassScorer
+    >>> from sklearn_advdet import FeatureLayout, KNNClassScorer
     >>> rng = np.random.RandomState(0)
     >>> y_ref = np.repeat([0, 1], 50)
     >>> feats = rng.normal(size=(100, 4)) + 3 * y_ref[:, None]
     >>> X_ref = np.hstack([feats, np.eye(2)[y_ref]])  # features | logits
-    >>> scorer = KNNClassScorer(layer_sizes=(4, 2), n_neighbors=10).fit(X_ref, y_ref)
+    >>> layout = FeatureLayout([4, 2], has_logits=True)
+    >>> scorer = KNNClassScorer(layer_sizes=layout, n_neighbors=10).fit(X_ref, y_ref)
     >>> X = np.array([[3., 3, 3, 3, 0, 1],    # near class 1, predicted 1
     ...               [3., 3, 3, 3, 1, 0]])   # near class 1, predicted 0
     >>> scorer.transform(X)
@@ -537,7 +538,7 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "layer_sizes": [FeatureLayout, "array-like", None],
+        "layer_sizes": [FeatureLayout, "array-like", StrOptions({"single"}), None],
         "layers": [StrOptions({"all"}), Integral, str, list, tuple],
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "weights": [StrOptions({"uniform", "rank", "distance"})],
@@ -717,7 +718,7 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
             Same layout as in fit; the argmax of the logits block is the
             predicted class (the first maximum on a tie). Without logits
-            (``layer_sizes=None``) see ``layer_sizes``.
+            (``layer_sizes="single"``) see ``layer_sizes``.
 
         Returns
         -------

@@ -16,6 +16,11 @@ from sklearn_advdet import metrics
 
 
 # ------------------------------------------------------------------ helpers
+def _lay(*sizes):
+    """Layout of hidden blocks followed by the logits block (the last size)."""
+    return FeatureLayout(sizes, has_logits=True)
+
+
 def _logits(pred, n_classes):
     """One-hot-ish logits whose argmax is ``pred``."""
     z = np.zeros((len(pred), n_classes))
@@ -73,7 +78,7 @@ def two_layer_data():
 @pytest.mark.parametrize("weights", ["uniform", "rank", "distance"])
 def test_scores_match_brute_force(two_layer_data, weights):
     ref, yref, q, pred = two_layer_data
-    sc = KNNClassScorer((5, 3, 4), layers="all", n_neighbors=7, weights=weights)
+    sc = KNNClassScorer(_lay(5, 3, 4), layers="all", n_neighbors=7, weights=weights)
     got = sc.fit(ref, yref).transform(q)
     assert got.shape == (len(q), 2)
     for col, sl in enumerate([slice(0, 5), slice(5, 8)]):
@@ -98,7 +103,7 @@ def test_hand_worked_example():
         "distance": (4 + 1 / 2.25 + 1 / 12.25) / (4 + 4 + 1 / 2.25 + 1 / 12.25),
     }
     for weights, want in expected.items():
-        sc = KNNClassScorer((1, 2), n_neighbors=4, weights=weights).fit(ref, lab)
+        sc = KNNClassScorer(_lay(1, 2), n_neighbors=4, weights=weights).fit(ref, lab)
         assert sc.transform(q)[0, 0] == pytest.approx(want, rel=1e-12)
     dist, idx = sc.kneighbors(q)
     assert idx.tolist() == [[0, 1, 2, 3]]
@@ -110,7 +115,7 @@ def test_ties_are_broken_by_reference_index():
     ref = np.column_stack([[0.0, 1.0, -1.0, 1.0, -1.0], _logits([0, 1, 2, 3, 1], 4)])
     y = np.array([0, 1, 2, 3, 1])
     q = np.column_stack([[0.0, 0.0, 0.0], _logits([1, 2, 3], 4)])
-    sc = KNNClassScorer((1, 4), n_neighbors=3, weights="rank").fit(ref, y)
+    sc = KNNClassScorer(_lay(1, 4), n_neighbors=3, weights="rank").fit(ref, y)
     _, idx = sc.kneighbors(q)
     # the k=3 kept: index 0 (d=0), then the tied 1 and 2 (lowest indices)
     assert idx.tolist() == [[0, 1, 2]] * 3
@@ -129,7 +134,7 @@ def test_zero_distance_takes_all_weight_under_distance_weights():
     y[[0, 5, 9]] = [0, 1, 1]
     ref = np.hstack([feats, _logits(y, 3).astype(np.float32)])
     q = np.hstack([feats[[0, 0]], _logits([1, 0], 3).astype(np.float32)])
-    sc = KNNClassScorer((6, 3), n_neighbors=10, weights="distance").fit(ref, y)
+    sc = KNNClassScorer(_lay(6, 3), n_neighbors=10, weights="distance").fit(ref, y)
     dist, idx = sc.kneighbors(q)
     assert idx[0, :3].tolist() == [0, 5, 9]
     assert np.all(dist[:, :3] == 0.0) and np.all(dist[:, 3:] > 0)
@@ -142,7 +147,7 @@ def test_k_larger_than_reference_uses_all():
     y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
     ref = np.hstack([rng.normal(size=(10, 3)), _logits(y, 3)])
     q = np.hstack([rng.normal(size=(3, 3)), _logits([0, 1, 2], 3)])
-    sc = KNNClassScorer((3, 3), n_neighbors=1000).fit(ref, y)
+    sc = KNNClassScorer(_lay(3, 3), n_neighbors=1000).fit(ref, y)
     assert sc.n_neighbors_ == 10
     np.testing.assert_allclose(sc.transform(q)[:, 0], [0.3, 0.2, 0.5])
     assert sc.kneighbors(q)[1].shape == (3, 10)
@@ -154,7 +159,7 @@ def test_predicted_class_absent_from_reference_scores_zero():
     ref = np.hstack([rng.normal(size=(40, 4)), _logits(y, 5)])
     q = np.hstack([rng.normal(size=(4, 4)), _logits([3, 4, 0, 1], 5)])
     for weights in ("uniform", "rank", "distance"):
-        sc = KNNClassScorer((4, 5), n_neighbors=15, weights=weights).fit(ref, y)
+        sc = KNNClassScorer(_lay(4, 5), n_neighbors=15, weights=weights).fit(ref, y)
         s = sc.transform(q)[:, 0]
         assert s[0] == 0.0 and s[1] == 0.0 and s[2:].sum() > 0
     assert sc.classes_.tolist() == [0, 1, 2] and sc.n_classes_ == 5
@@ -178,7 +183,7 @@ def test_layer_selection_names_and_feature_names(two_layer_data):
 def test_pca_whitening_matches_sklearn(two_layer_data):
     ref, yref, q, pred = two_layer_data
     sc = KNNClassScorer(
-        (5, 3, 4), layers=0, n_neighbors=9, weights="distance",
+        _lay(5, 3, 4), layers=0, n_neighbors=9, weights="distance",
         preprocessing="pca", n_components=3, random_state=0,
     ).fit(ref, yref)
     pca = PCA(n_components=3, whiten=True).fit(ref[:, :5])
@@ -190,7 +195,7 @@ def test_pca_whitening_matches_sklearn(two_layer_data):
     np.testing.assert_allclose(sc.transform(q)[:, 0], want, rtol=1e-9)
     # without whitening the scores differ (the option does something)
     nw = KNNClassScorer(
-        (5, 3, 4), layers=0, n_neighbors=9, weights="distance",
+        _lay(5, 3, 4), layers=0, n_neighbors=9, weights="distance",
         preprocessing="pca", n_components=3, whiten=False,
     ).fit(ref, yref)
     assert not np.allclose(nw.transform(q), sc.transform(q))
@@ -198,7 +203,7 @@ def test_pca_whitening_matches_sklearn(two_layer_data):
 
 def test_l2_preprocessing_matches_brute_force(two_layer_data):
     ref, yref, q, pred = two_layer_data
-    sc = KNNClassScorer((5, 3, 4), layers=1, n_neighbors=6, weights="rank",
+    sc = KNNClassScorer(_lay(5, 3, 4), layers=1, n_neighbors=6, weights="rank",
                         preprocessing="l2").fit(ref, yref)
     norm = lambda Z: Z / np.linalg.norm(Z, axis=1, keepdims=True)  # noqa: E731
     want = _brute_scores(norm(ref[:, 5:8]), yref, norm(q[:, 5:8]), pred, 6, "rank")
@@ -221,8 +226,8 @@ def test_pynndescent_recall_and_auto_rule(monkeypatch):
     ref = np.hstack([feats, _logits(lab, 10).astype(np.float32)])
     q = np.hstack([qf, _logits(ql, 10).astype(np.float32)])
     k = 100
-    exact = KNNClassScorer((16, 10), n_neighbors=k, backend="exact").fit(ref, lab)
-    ann = KNNClassScorer((16, 10), n_neighbors=k, backend="pynndescent",
+    exact = KNNClassScorer(_lay(16, 10), n_neighbors=k, backend="exact").fit(ref, lab)
+    ann = KNNClassScorer(_lay(16, 10), n_neighbors=k, backend="pynndescent",
                          random_state=0).fit(ref, lab)
     assert exact.backend_ == "exact" and ann.backend_ == "pynndescent"
     d_e, i_e = exact.kneighbors(q)
@@ -235,12 +240,12 @@ def test_pynndescent_recall_and_auto_rule(monkeypatch):
     assert diff.mean() < 0.01 and np.mean(diff <= 0.03) >= 0.97
 
     # "auto": small reference -> exact, no index built
-    auto = KNNClassScorer((16, 10), n_neighbors=k).fit(ref, lab)
+    auto = KNNClassScorer(_lay(16, 10), n_neighbors=k).fit(ref, lab)
     assert auto.backend_ == "exact"
     np.testing.assert_array_equal(auto.transform(q), exact.transform(q))
     # above the size rule -> pynndescent for batches, exact for small batches
     monkeypatch.setattr(knnmod, "_AUTO_ANN_MIN_REF", 1000)
-    auto = KNNClassScorer((16, 10), n_neighbors=k, random_state=0).fit(ref, lab)
+    auto = KNNClassScorer(_lay(16, 10), n_neighbors=k, random_state=0).fit(ref, lab)
     assert auto.backend_ == "pynndescent"
     small = q[: knnmod._AUTO_ANN_MIN_QUERIES - 1]
     np.testing.assert_array_equal(auto.kneighbors(small)[1], exact.kneighbors(small)[1])
@@ -250,8 +255,8 @@ def test_pynndescent_recall_and_auto_rule(monkeypatch):
 
 def test_float32_and_float64_agree(two_layer_data):
     ref, yref, q, _ = two_layer_data
-    a = KNNClassScorer((5, 3, 4), layers="all", n_neighbors=7).fit(ref, yref)
-    b = KNNClassScorer((5, 3, 4), layers="all", n_neighbors=7).fit(
+    a = KNNClassScorer(_lay(5, 3, 4), layers="all", n_neighbors=7).fit(ref, yref)
+    b = KNNClassScorer(_lay(5, 3, 4), layers="all", n_neighbors=7).fit(
         ref.astype(np.float32), yref
     )
     np.testing.assert_allclose(a.transform(q), b.transform(q.astype(np.float32)))
@@ -261,16 +266,22 @@ def test_float32_and_float64_agree(two_layer_data):
 def test_bad_input_gives_clear_errors(two_layer_data):
     ref, yref, q, _ = two_layer_data
     with pytest.raises(ValueError, match="layer_sizes sum to 11"):
-        KNNClassScorer((5, 2, 4)).fit(ref, yref)
+        KNNClassScorer(_lay(5, 2, 4)).fit(ref, yref)
     with pytest.raises(ValueError, match="logits block"):
         KNNClassScorer(FeatureLayout([5, 3, 4])).fit(ref, yref)
+    # a plain tuple means hidden layers only (the package's one rule): the
+    # scorer needs the logits, so the error names the fix
+    with pytest.raises(ValueError, match=r"plain tuple means hidden layers only.*has_logits=True"):
+        KNNClassScorer((5, 3, 4)).fit(ref, yref)
+    with pytest.raises(ValueError, match="needs layer_sizes"):
+        KNNClassScorer(None).fit(ref, yref)
     with pytest.raises(ValueError, match="logits block has 3 columns"):
-        KNNClassScorer((5, 4, 3)).fit(ref, yref)  # logits block too narrow
+        KNNClassScorer(_lay(5, 4, 3)).fit(ref, yref)  # logits block too narrow
     bad = ref.copy()
     bad[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        KNNClassScorer((5, 3, 4)).fit(bad, yref)
-    sc = KNNClassScorer((5, 3, 4), n_neighbors=3).fit(ref, yref)
+        KNNClassScorer(_lay(5, 3, 4)).fit(bad, yref)
+    sc = KNNClassScorer(_lay(5, 3, 4), n_neighbors=3).fit(ref, yref)
     qbad = q.copy()
     qbad[0, -1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
@@ -278,21 +289,21 @@ def test_bad_input_gives_clear_errors(two_layer_data):
     with pytest.raises(ValueError, match="12 features"):
         sc.transform(q[:, :-1])  # logits block missing a column
     with pytest.raises(ValueError, match="class indices"):
-        KNNClassScorer((5, 3, 4)).fit(ref, np.array(["cat", "dog"] * 40))
+        KNNClassScorer(_lay(5, 3, 4)).fit(ref, np.array(["cat", "dog"] * 40))
     with pytest.raises(ValueError, match="negative class index"):
-        KNNClassScorer((5, 3, 4)).fit(ref, yref - 1)
+        KNNClassScorer(_lay(5, 3, 4)).fit(ref, yref - 1)
     with pytest.raises(ValueError, match="0 sample"):
-        KNNClassScorer((5, 3, 4)).fit(ref[:0], yref[:0])  # empty reference set
+        KNNClassScorer(_lay(5, 3, 4)).fit(ref[:0], yref[:0])  # empty reference set
     with pytest.raises(ValueError, match="weights"):
-        KNNClassScorer((5, 3, 4), weights="inverse").fit(ref, yref)
+        KNNClassScorer(_lay(5, 3, 4), weights="inverse").fit(ref, yref)
 
 
 @pytest.mark.parametrize("weights", ["uniform", "rank", "distance"])
-def test_layer_sizes_none_scores_the_knn_majority(two_layer_data, weights):
+def test_single_layout_scores_the_knn_majority(two_layer_data, weights):
     # no logits block: the score is that of the neighbours' own majority class
     ref, yref, q, _ = two_layer_data
     names = np.array(["ant", "bee", "cat", "dog"])
-    sc = KNNClassScorer(None, n_neighbors=9, weights=weights).fit(ref[:, :8], names[yref])
+    sc = KNNClassScorer("single", n_neighbors=9, weights=weights).fit(ref[:, :8], names[yref])
     assert sc.layout_.sizes == (8,) and not sc.layout_.has_logits
     assert sc.classes_.tolist() == names.tolist()
     got = sc.transform(q[:, :8])[:, 0]
@@ -389,7 +400,7 @@ def detection_problem():
                       + rng.normal(size=(n, c.shape[1])))
     pred = np.where(y == 1, wrong, true)
     X = np.hstack(blocks + [_logits(pred, C)])
-    scorer = KNNClassScorer((6, 4, 3, C), layers="all", n_neighbors=30).fit(ref, yref)
+    scorer = KNNClassScorer(_lay(6, 4, 3, C), layers="all", n_neighbors=30).fit(ref, yref)
     attack = np.where(y == 1, np.where(np.arange(n) % 4 == 1, "fgsm", "pgd"), "")
     return scorer, X, y, attack
 
