@@ -1,0 +1,313 @@
+"""sklearn_advdet.persistence: every shipped estimator round-trips with
+identical outputs; crafted files (a pickle inside, an unknown class, a path
+outside the archive, truncation) are refused without running anything."""
+
+import importlib
+import io
+import json
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+import sklearn_advdet
+from sklearn_advdet import FeatureLayout, persistence
+from sklearn_advdet.persistence import PersistenceError
+
+LAYOUT = FeatureLayout([4, 3, 3], names=["a", "b", "logits"], has_logits=True)
+
+
+def _data(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    X = rng.normal(size=(n, 10)).astype(np.float32)
+    X[:, :4] += y[:, None]
+    X[:, 4:7] -= y[:, None]
+    X[:, 7:] += 3 * np.eye(3, dtype=np.float32)[y]  # logits: the class wins
+    return X, y
+
+
+X_REF, Y_REF = _data()
+X_DET, _ = _data(40, seed=1)
+Y_DET = np.arange(40) % 2
+
+
+def _pivots():
+    return sklearn_advdet.PivotEmbedder(layer_sizes=LAYOUT).fit(X_REF, Y_REF)
+
+
+def _knn():
+    return sklearn_advdet.KNNClassScorer(layer_sizes=LAYOUT, n_neighbors=7).fit(X_REF, Y_REF)
+
+
+def _lstm():
+    Z = _pivots().transform(X_DET)
+    return sklearn_advdet.SequenceLSTMDetector(n_steps=2, max_epochs=2,
+                                               random_state=0).fit(Z, Y_DET), Z
+
+
+def _mlp():
+    Z = _pivots().transform(X_DET)
+    return sklearn_advdet.MLPDetector(max_epochs=2, random_state=0).fit(Z, Y_DET), Z
+
+
+def _threshold():
+    S = _knn().transform(X_DET)
+    return sklearn_advdet.ScoreThresholdDetector().fit(S, Y_DET), S
+
+
+def _feature(name, **kw):
+    module = importlib.import_module("sklearn_advdet.features")
+    return getattr(module, name)(layer_sizes=LAYOUT, **kw).fit(X_REF, Y_REF)
+
+
+def _pipeline():
+    knn = _knn()
+    pipe = Pipeline([("features", FrozenEstimator(knn)),
+                     ("scale", StandardScaler()), ("clf", LogisticRegression())])
+    return pipe.fit(X_DET, Y_DET), X_DET
+
+
+def _hgb():
+    Z = _pivots().transform(X_DET)
+    return HistGradientBoostingClassifier(max_iter=5, random_state=0).fit(Z, Y_DET), Z
+
+
+# name -> builder returning a fitted estimator (and the X to compare on)
+BUILDERS = {
+    "PivotEmbedder": lambda: (_pivots(), X_DET),
+    "KNNClassScorer": lambda: (_knn(), X_DET),
+    "ScoreThresholdDetector": _threshold,
+    "SequenceLSTMDetector": _lstm,
+    "MLPDetector": _mlp,
+    "LogitFeatures": lambda: (_feature("LogitFeatures"), X_DET),
+    "MahalanobisScorer": lambda: (_feature("MahalanobisScorer"), X_DET),
+    "LIDScorer": lambda: (_feature("LIDScorer", n_neighbors=5), X_DET),
+    "Pipeline+FrozenEstimator+StandardScaler+LogisticRegression": _pipeline,
+    "HistGradientBoostingClassifier": _hgb,
+}
+_METHODS = ("predict_proba", "decision_function", "transform", "predict")
+
+
+def _outputs(est, X):
+    out = {m: getattr(est, m)(X) for m in _METHODS if hasattr(est, m)}
+    assert out, type(est)
+    return out
+
+
+def _available(name):
+    if name != "LIDScorer":
+        return True
+    try:
+        importlib.import_module("sklearn_advdet.features.lid")
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_round_trip_gives_identical_outputs(name, tmp_path):
+    if not _available(name):
+        pytest.skip(f"{name} is not in this checkout yet")
+    est, X = BUILDERS[name]()
+    path = persistence.save(est, tmp_path / "m.advdet", metadata={"k": [1, 2]})
+    assert persistence.is_model_file(path)
+    back, meta = persistence.load(path, return_metadata=True)
+    assert meta == {"k": [1, 2]}
+    assert type(back) is type(est) and back is not est
+    assert back.get_params(deep=False).keys() == est.get_params(deep=False).keys()
+    for method, expected in _outputs(est, X).items():
+        np.testing.assert_array_equal(getattr(back, method)(X), expected, err_msg=method)
+    # the same file again: saving the loaded estimator gives the same outputs
+    again = persistence.load(persistence.save(back, tmp_path / "m2.advdet"))
+    for method, expected in _outputs(est, X).items():
+        np.testing.assert_array_equal(getattr(again, method)(X), expected, err_msg=method)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_every_public_estimator_is_covered():
+    """A new estimator of the package gets a round-trip test here."""
+    from sklearn.base import BaseEstimator
+
+    names = set()
+    for package in ("sklearn_advdet", "sklearn_advdet.features", "sklearn_advdet.evaluation"):
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            continue
+        for name in getattr(module, "_EXPORTS", {}):
+            try:
+                value = getattr(module, name)
+            except (ImportError, AttributeError):
+                continue
+            if isinstance(value, type) and issubclass(value, BaseEstimator):
+                names.add(name)
+    covered = {part for key in BUILDERS for part in key.split("+")}
+    assert names - covered - {"LayerSequenceUnion"} == set()
+
+
+def test_knn_index_is_rebuilt_not_stored(tmp_path):
+    knn = _knn()
+    path = persistence.save(knn, tmp_path / "k.advdet")
+    with zipfile.ZipFile(path) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    n_floats = sum(int(np.prod(a["shape"])) for a in manifest["arrays"].values()
+                   if a["dtype"].endswith(("f4", "f8")))
+    # the two scored layers' references once each (plus the per-layer pivots-free
+    # fitted state), not the screening copies and norms of the index as well
+    n_ref_values = X_REF.shape[0] * (4 + 3)
+    assert n_floats < 2 * n_ref_values
+    back = persistence.load(path)
+    dist, idx = back.kneighbors(X_DET)
+    ref_dist, ref_idx = knn.kneighbors(X_DET)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(dist, ref_dist)
+
+
+def test_loaded_net_is_a_working_skorch_net(tmp_path):
+    det, Z = _lstm()
+    back = persistence.load(persistence.save(det, tmp_path / "d.advdet"))
+    assert back.net_.initialized_
+    assert len(back.net_.history) == len(det.net_.history) == back.n_epochs_
+    for a, b in zip(back.net_.module_.parameters(), det.net_.module_.parameters()):
+        assert a.dtype == b.dtype and bool((a == b).all())
+
+
+def test_loading_consumes_no_global_randomness(tmp_path):
+    import torch
+
+    det, _ = _mlp()
+    path = persistence.save(det, tmp_path / "d.advdet")
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    persistence.load(path)
+    np.testing.assert_array_equal(torch.rand(3), expected)
+
+
+def test_saving_an_unsupported_object_names_it(tmp_path):
+    pipe = make_pipeline(FunctionTransformer(np.log1p), LogisticRegression())
+    with pytest.raises(PersistenceError, match="FunctionTransformer is not supported"):
+        persistence.save(pipe, tmp_path / "x.advdet")
+    est = LogisticRegression()
+    est.callback_ = lambda: None
+    with pytest.raises(PersistenceError, match=r"estimator\.callback_: type builtins\.function"):
+        persistence.save(est, tmp_path / "x.advdet")
+    with pytest.raises(PersistenceError, match="JSON"):
+        persistence.save(LogisticRegression(), tmp_path / "y.advdet",
+                         metadata={"x": object()})
+    assert list(tmp_path.iterdir()) == []  # no partial or temporary file
+
+
+# ------------------------------------------------------------ crafted files
+def _write_zip(path, members, compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    return path
+
+
+def _manifest(root, arrays=None):
+    return json.dumps({"format": persistence.FORMAT, "format_version": 1,
+                       "versions": {}, "metadata": {}, "root": root,
+                       "arrays": arrays or {}})
+
+
+class _MakesFile:
+    """Unpickling this creates the file ``target``."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_pickle_inside_is_refused_and_not_run(tmp_path):
+    target = tmp_path / "pwned"
+    buf = io.BytesIO()
+    np.save(buf, np.array([_MakesFile(target)], dtype=object), allow_pickle=True)
+    assert not target.exists()
+    path = _write_zip(tmp_path / "evil.advdet", [
+        ("manifest.json", _manifest({"$": "ndarray", "ref": "arrays/0.npy"},
+                                    {"arrays/0.npy": {"dtype": "|O", "shape": [1]}})),
+        ("arrays/0.npy", buf.getvalue())])
+    with pytest.raises(PersistenceError, match="not a plain numpy array"):
+        persistence.load(path)
+    assert not target.exists()
+    # a plain pickle file given as a model
+    import pickle
+
+    raw = tmp_path / "evil.pkl"
+    raw.write_bytes(pickle.dumps(_MakesFile(target)))
+    assert not persistence.is_model_file(raw)
+    with pytest.raises(PersistenceError, match="damaged or truncated|not a sklearn_advdet"):
+        persistence.load(raw)
+    assert not target.exists()
+
+
+def test_unknown_class_is_refused_before_import(tmp_path, monkeypatch):
+    target = tmp_path / "imported"
+    (tmp_path / "advdet_evil_mod.py").write_text(
+        f"open({str(target)!r}, 'w').close()\nclass Evil:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for cls in ("advdet_evil_mod.Evil", "os.system", "builtins.eval",
+                "sklearn_advdet.deep.models.CifarResNet", "sklearn_advdet.cli.main",
+                "sklearn.preprocessing._function_transformer.FunctionTransformer",
+                "sklearn_advdet.knn.np", "sklearn_advdet.__builtins__"):
+        path = _write_zip(tmp_path / "c.advdet", [("manifest.json", _manifest(
+            {"$": "object", "class": cls, "id": 0, "state": {}}))])
+        with pytest.raises(PersistenceError):
+            persistence.load(path)
+    assert not target.exists() and "advdet_evil_mod" not in sys.modules
+
+
+@pytest.mark.parametrize("member", ["../outside.npy", "/abs/path.npy", "arrays/../../x.npy",
+                                    "arrays\\0.npy", "other.bin"])
+def test_members_outside_the_layout_are_refused(member, tmp_path):
+    path = _write_zip(tmp_path / "t.advdet", [("manifest.json", _manifest(None)),
+                                               (member, b"x")])
+    with pytest.raises(PersistenceError, match="unexpected member"):
+        persistence.load(path)
+    assert not (tmp_path.parent / "outside.npy").exists()
+
+
+def test_compressed_or_edited_files_are_refused(tmp_path):
+    good = persistence.save(LogisticRegression().fit(X_DET, Y_DET), tmp_path / "g.advdet")
+    with zipfile.ZipFile(good) as zf:
+        members = [(n, zf.read(n)) for n in zf.namelist()]
+    path = _write_zip(tmp_path / "z.advdet", members, compression=zipfile.ZIP_DEFLATED)
+    with pytest.raises(PersistenceError, match="compressed"):
+        persistence.load(path)
+    path = _write_zip(tmp_path / "e.advdet", members[:-1])  # an array missing
+    with pytest.raises(PersistenceError, match="differ from the manifest"):
+        persistence.load(path)
+    manifest = json.loads(members[0][1])
+    manifest["format_version"] = 99
+    path = _write_zip(tmp_path / "v.advdet", [("manifest.json", json.dumps(manifest))]
+                      + members[1:])
+    with pytest.raises(PersistenceError, match="format version 99"):
+        persistence.load(path)
+
+
+def test_truncated_file_gives_a_clear_error(tmp_path):
+    good = persistence.save(_knn(), tmp_path / "g.advdet")
+    data = good.read_bytes()
+    for cut in (len(data) // 2, len(data) - 10, 60):
+        bad = tmp_path / f"cut{cut}.advdet"
+        bad.write_bytes(data[:cut])
+        assert persistence.is_model_file(bad)
+        with pytest.raises(PersistenceError, match="damaged or truncated"):
+            persistence.load(bad)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # inside an array: the CRC check fails
+    bad = tmp_path / "flip.advdet"
+    bad.write_bytes(bytes(flipped))
+    with pytest.raises(PersistenceError):
+        persistence.load(bad)
