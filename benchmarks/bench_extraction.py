@@ -32,7 +32,7 @@ import torch
 from sklearn_advdet.deep.data import load_image_folder
 from sklearn_advdet.deep.extraction import FeatureExtractor
 from sklearn_advdet.deep.models import cifar_resnet
-from sklearn_advdet.deep.store import FeatureStore
+from sklearn_advdet.store import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = {20: "resnet20-12fca82f.th", 56: "resnet56-4bfd9763.th"}

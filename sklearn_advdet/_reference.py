@@ -42,7 +42,7 @@ def load_reference(reference):
         The store's column layout when ``reference`` is a feature store.
     """
     if isinstance(reference, (str, bytes, os.PathLike)):
-        from .deep.store import open_store  # numpy only: no torch import
+        from .store import open_store
 
         reference = open_store(os.fsdecode(reference))
     if hasattr(reference, "get_X") and hasattr(reference, "labels"):  # FeatureStore

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-import sklearn_advdet.deep.detection as detection
-from sklearn_advdet.deep.detection import AttackSpec, build_detection_set, parse_attacks
+import sklearn_advdet.deep.attack_sets as detection
+from sklearn_advdet.deep.attack_sets import AttackSpec, build_detection_set, parse_attacks
 from sklearn_advdet.deep.digits import torch_threads, train_digits_cnn
 
 ATTACKS = [

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from sklearn_advdet.deep import store as store_mod
+from sklearn_advdet import store as store_mod
 from sklearn_advdet.deep.extraction import FeatureExtractor
-from sklearn_advdet.deep.store import (
+from sklearn_advdet.store import (
     FeatureStore,
     FeatureStoreWriter,
     StoreError,
@@ -280,7 +280,7 @@ def test_reading_needs_no_torch(tmp_path, data):
     extractor().extract_to_store(images, path, labels=labels, chunk_size=CHUNK)
     code = (
         "import sys\n"
-        "from sklearn_advdet.deep.store import open_store\n"
+        "from sklearn_advdet.store import open_store\n"
         f"s = open_store({str(path)!r})\n"
         "print(s.X.shape)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -290,3 +290,20 @@ def test_reading_needs_no_torch(tmp_path, data):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"({N}, 16)"
     assert "torch" not in store_mod.__dict__
+
+
+def test_old_paths_are_the_same_objects():
+    """deep.store, deep.detection and deep.extraction keep working (no warning)."""
+    import sklearn_advdet.deep.attack_sets as attack_sets
+    import sklearn_advdet.deep.detection as old_detection
+    import sklearn_advdet.deep.layers as layers
+    import sklearn_advdet.deep.store as old_store
+    import sklearn_advdet.store as new_store
+    from sklearn_advdet.deep import extraction
+
+    for name in ("FeatureStore", "FeatureStoreWriter", "StoreError", "open_store"):
+        assert getattr(old_store, name) is getattr(new_store, name)
+    for name in ("build_detection_set", "parse_attacks", "AttackSpec", "NOISE_ATTACKS"):
+        assert getattr(old_detection, name) is getattr(attack_sets, name)
+    assert extraction.resolve_layers is layers.resolve_layers
+    assert extraction.LAYER_PRESETS is layers.LAYER_PRESETS

@@ -4,7 +4,7 @@
 globally average-pools each output over its spatial dimensions (2-D outputs
 pass through), appends the logits, and returns the 2-D ``X`` with its
 :class:`~sklearn_advdet.FeatureLayout` -- or writes everything to a
-resumable :mod:`feature store <sklearn_advdet.deep.store>`.
+resumable :mod:`feature store <sklearn_advdet.store>`.
 
 Guarantees of every run:
 
@@ -16,341 +16,23 @@ Guarantees of every run:
   train/eval flag of every submodule is restored afterwards, and so is the
   model's device when the run moved it.
 """
-
-import re
-from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from os import PathLike
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._device import module_device, resolve_device
 from .._layout import FeatureLayout
-from .data import load_image_folder
-from .store import FeatureStore, FeatureStoreWriter
+from .._progress import progress as _progress_bar
+from ..store import FeatureStore, FeatureStoreWriter
+from .layers import LAYER_PRESETS, resolve_layers
+from .sources import _ArraySource, _as_source
 
 __all__ = ["FeatureExtractor", "ExtractedFeatures", "extract_features",
            "resolve_layers", "LAYER_PRESETS"]
-
-
-# ------------------------------------------------------------------ presets
-_RESNET50_BLOCKS = tuple(
-    f"layer{s}.{i}" for s, n in ((1, 3), (2, 4), (3, 6), (4, 3)) for i in range(n)
-)
-
-
-def _stage_blocks(model, stages=None):
-    """Names ``[prefix.]layer<s>.<i>`` in forward (stage, index) order."""
-    found = {}
-    for name, _ in model.named_modules():
-        m = re.fullmatch(r"(?:(.*)\.)?layer(\d+)\.(\d+)", name)
-        if m and (stages is None or int(m.group(2)) in stages):
-            found.setdefault(m.group(1) or "", []).append(
-                (int(m.group(2)), int(m.group(3)), name))
-    if len(found) > 1:
-        raise ValueError(
-            f"several module trees hold layer<s>.<i> blocks (prefixes "
-            f"{sorted(found)}): pass layers= as a list of module names"
-        )
-    return [n for _, _, n in sorted(next(iter(found.values()), []))]
-
-
-def _preset_cifar_resnet(model):
-    names = _stage_blocks(model, stages={1, 2, 3})
-    if not names:
-        raise ValueError(
-            "preset 'cifar_resnet' needs modules named layer1.0 ... layer3.<n-1> "
-            "(every basic block); this model has none"
-        )
-    return names
-
-
-def _preset_resnet50(model):
-    modules = dict(model.named_modules())
-    prefixes = {n[: -len("layer1.0")] for n in modules if n.endswith("layer1.0")}
-    for prefix in sorted(prefixes, key=len):
-        names = [prefix + b for b in _RESNET50_BLOCKS]
-        if all(n in modules for n in names):
-            return names
-    raise ValueError(
-        "preset 'resnet50' needs the 16 bottlenecks layer1.0-2, layer2.0-3, "
-        "layer3.0-5, layer4.0-2; this model lacks some of them"
-    )
-
-
-def _preset_inception_v3(model):
-    names = [
-        n for n, _ in model.named_modules()
-        if re.fullmatch(r"(?:.*\.)?Mixed_\w+", n)
-        and not re.search(r"Mixed_\w+\.", n)
-    ]
-    if not names:
-        raise ValueError(
-            "preset 'inception_v3' needs modules named Mixed_5b ... Mixed_7c; "
-            "this model has none"
-        )
-    return names
-
-
-#: Layer presets by name: each maps a model to the module names to hook.
-LAYER_PRESETS = {
-    "cifar_resnet": _preset_cifar_resnet,
-    "resnet50": _preset_resnet50,
-    "inception_v3": _preset_inception_v3,
-}
-
-
-def resolve_layers(model, layers="auto"):
-    """Module names to hook, from a preset name, "auto" or a list.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-    layers : "auto", str or list of str, default="auto"
-        * a list of module names as given by ``model.named_modules()``, hooked
-          (and laid out in ``X``) in the order given;
-        * a preset: ``"cifar_resnet"`` (every basic block ``layer1.0`` ...
-          ``layer3.<n-1>``), ``"resnet50"`` (the 16 bottlenecks ``layer1.0``
-          ... ``layer4.2``), ``"inception_v3"`` (the ``Mixed_*`` modules);
-        * ``"auto"``: the model's ``feature_layers`` attribute when it has
-          one, else the Inception mixed layers, else every ``layer<s>.<i>``
-          block (ResNets); otherwise an error asking for a list;
-        * a single module name.
-
-    Returns
-    -------
-    names : list of str
-
-    Examples
-    --------
-    >>> from sklearn_advdet.deep.models import cifar_resnet
-    >>> from sklearn_advdet.deep.extraction import resolve_layers
-    >>> resolve_layers(cifar_resnet(20), "cifar_resnet")[-2:]
-    ['layer3.1', 'layer3.2']
-    """
-    if isinstance(layers, str):
-        if layers in LAYER_PRESETS:
-            names = LAYER_PRESETS[layers](model)
-        elif layers == "auto":
-            names = getattr(model, "feature_layers", None)
-            if names is None:
-                modules = dict(model.named_modules())
-                if any(re.fullmatch(r"(?:.*\.)?Mixed_\w+", n) for n in modules):
-                    names = _preset_inception_v3(model)
-                else:
-                    names = _stage_blocks(model)
-            if not names:
-                raise ValueError(
-                    f"layers='auto' found no preset for {type(model).__name__}: "
-                    "pass layers= as a list of module names, e.g. "
-                    f"{[n for n, _ in model.named_modules() if n][:4]}"
-                )
-            names = list(names)
-        else:
-            names = [layers]
-    else:
-        try:
-            names = [str(n) for n in layers]
-        except TypeError:
-            raise TypeError(
-                "layers must be 'auto', a preset name "
-                f"{sorted(LAYER_PRESETS)} or a list of module names, got {layers!r}"
-            ) from None
-    if not names:
-        raise ValueError("layers selects no module: pass at least one name")
-    modules = dict(model.named_modules())
-    unknown = [n for n in names if n not in modules]
-    if unknown:
-        raise ValueError(
-            f"{type(model).__name__} has no module(s) {unknown}: layer names "
-            "come from model.named_modules(), e.g. "
-            f"{[n for n in modules if n][:6]}"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"layers lists a module twice: {names}")
-    return names
-
-
-# ------------------------------------------------------------------ sources
-class _ArraySource:
-    """Images in memory: numpy array or tensor, (N, C, H, W) or any (N, ...)."""
-
-    ordered = True
-
-    def __init__(self, images, labels=None, description=None):
-        if isinstance(images, np.ndarray):
-            if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
-                raise TypeError(
-                    f"image arrays must be uint8 (0-255) or float (0-1), got "
-                    f"{images.dtype}"
-                )
-        elif isinstance(images, torch.Tensor):
-            if images.dtype != torch.uint8 and not images.is_floating_point():
-                raise TypeError(
-                    f"image tensors must be uint8 (0-255) or float (0-1), got "
-                    f"{images.dtype}"
-                )
-        if images.ndim < 2:
-            raise ValueError(
-                f"images must have a leading sample axis, got shape "
-                f"{tuple(images.shape)}"
-            )
-        self.images = images
-        self.labels = labels
-        self.description = description or (
-            f"{type(images).__name__} {tuple(images.shape)} {images.dtype}")
-
-    def __len__(self):
-        return int(self.images.shape[0])
-
-    @property
-    def has_labels(self):
-        return self.labels is not None
-
-    def batches(self, lo, hi, batch_size):
-        for i in range(lo, hi, batch_size):
-            j = min(i + batch_size, hi)
-            x = self.images[i:j]
-            if isinstance(x, np.ndarray):
-                x = torch.from_numpy(np.ascontiguousarray(x))
-            y = None if self.labels is None else self.labels[i:j]
-            yield x, y
-
-
-def _split_batch(batch):
-    if isinstance(batch, (list, tuple)):
-        if not batch:
-            raise ValueError("the data loader yielded an empty batch")
-        x = batch[0]
-        y = batch[1] if len(batch) > 1 else None
-    elif isinstance(batch, dict):
-        raise TypeError(
-            "batches are dicts: make the dataset return (image, label) tuples"
-        )
-    else:
-        x, y = batch, None
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(
-            f"the dataset yields images of type {type(x).__name__}, not tensors: "
-            "give it a transform that returns tensors (e.g. torchvision's "
-            "ToTensor) or pass a numpy array"
-        )
-    if y is not None:
-        y = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y).astype(np.int64)
-    return x, y
-
-
-class _DatasetSource:
-    """A map-style Dataset (or an ordered DataLoader over one)."""
-
-    ordered = True
-
-    def __init__(self, dataset, batch_size=None, collate_fn=None, num_workers=0,
-                 pin_memory=False, description=None, loader=None):
-        try:
-            self._len = len(dataset)
-        except TypeError:
-            raise TypeError(
-                f"{type(dataset).__name__} has no len(): pass a map-style "
-                "Dataset or a DataLoader"
-            ) from None
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.collate_fn = collate_fn
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.loader = loader
-        self.description = description or f"{type(dataset).__name__} ({self._len} items)"
-        self._has_labels = None
-
-    def __len__(self):
-        return self._len
-
-    @property
-    def has_labels(self):
-        if self._has_labels is None:
-            item = self.dataset[0]
-            self._has_labels = isinstance(item, (list, tuple)) and len(item) > 1
-        return self._has_labels
-
-    def batches(self, lo, hi, batch_size):
-        from torch.utils.data import DataLoader, Subset
-
-        bs = self.batch_size or batch_size
-        if self.loader is not None and lo == 0 and hi == self._len:
-            loader = self.loader
-        else:
-            subset = self.dataset if (lo, hi) == (0, self._len) else Subset(
-                self.dataset, range(lo, hi))
-            kwargs = {"collate_fn": self.collate_fn} if self.collate_fn else {}
-            loader = DataLoader(subset, batch_size=bs, shuffle=False,
-                                num_workers=self.num_workers,
-                                pin_memory=self.pin_memory, **kwargs)
-        for batch in loader:
-            yield _split_batch(batch)
-
-
-class _LoaderSource:
-    """A DataLoader that cannot be re-sliced (shuffled or iterable)."""
-
-    ordered = False
-
-    def __init__(self, loader):
-        self.loader = loader
-        self.description = f"DataLoader over {type(loader.dataset).__name__}"
-        self.has_labels = None
-
-    def __len__(self):
-        try:
-            return len(self.loader.dataset)
-        except TypeError:
-            return None
-
-    def batches(self, lo, hi, batch_size):
-        for batch in self.loader:
-            yield _split_batch(batch)
-
-
-def _as_source(data, labels=None):
-    from torch.utils.data import (BatchSampler, DataLoader, Dataset,
-                                  IterableDataset, SequentialSampler)
-
-    if isinstance(data, (str, PathLike)):
-        images, folder_labels, _ = load_image_folder(data)
-        return _ArraySource(images, folder_labels if labels is None else labels,
-                            description=str(data))
-    if isinstance(data, (np.ndarray, torch.Tensor)):
-        return _ArraySource(data, labels)
-    if isinstance(data, DataLoader):
-        sequential = (
-            not isinstance(data.dataset, IterableDataset)
-            and isinstance(data.sampler, SequentialSampler)
-            and type(data.batch_sampler) is BatchSampler
-            and not data.batch_sampler.drop_last
-        )
-        if sequential:
-            return _DatasetSource(
-                data.dataset, batch_size=data.batch_size, collate_fn=data.collate_fn,
-                num_workers=data.num_workers, pin_memory=data.pin_memory,
-                description=f"DataLoader over {type(data.dataset).__name__} "
-                            f"({len(data.dataset)} items)",
-                loader=data)
-        return _LoaderSource(data)
-    if isinstance(data, Dataset) or (
-            hasattr(data, "__getitem__") and hasattr(data, "__len__")
-            and not isinstance(data, (Mapping, str, bytes))):
-        if isinstance(data, IterableDataset):
-            from torch.utils.data import DataLoader as _DL
-            return _LoaderSource(_DL(data, batch_size=None))
-        return _DatasetSource(data)
-    raise TypeError(
-        "data must be a numpy array or tensor of images, a torch Dataset or "
-        "DataLoader, or the path of an image folder / ImageFolder tar; got "
-        f"{type(data).__name__}"
-    )
 
 
 # ------------------------------------------------------------------ engine
@@ -369,18 +51,16 @@ def _pool(name, out):
     return out.detach().to(torch.float32, copy=True).reshape(-1, 1)
 
 
-def _resolve_device(model, device):
-    if device is None or (isinstance(device, str) and device == "auto"):
-        devices = {t.device for t in list(model.parameters()) + list(model.buffers())}
-        if device is None:
-            if len(devices) == 1:
-                return next(iter(devices))
-            return torch.device("cpu")
-        for d in devices:
-            if d.type == "cuda":
-                return d
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def _run_device(model, device):
+    """``device=`` of an extraction: None is the model's own device, "auto"
+    the model's CUDA device when it has one, else the package's resolver."""
+    if device is None:
+        return module_device(model, default=torch.device("cpu"))
+    if isinstance(device, str) and device == "auto":
+        own = module_device(model)
+        if own is not None and own.type == "cuda":
+            return own
+    return resolve_device(device)
 
 
 @contextmanager
@@ -480,13 +160,6 @@ def _collect(forward, batches, bar):
         label_batches.append(y)
         bar.update(len(x))
     return feat_batches, logit_batches, label_batches
-
-
-def _progress(total, enabled, desc):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="img",
-                dynamic_ncols=True, leave=False)
 
 
 def _model_name(model):
@@ -599,7 +272,7 @@ class FeatureExtractor:
                 f"got {len(labels)} labels for {len(source)} images: give one "
                 "label per image"
             )
-        device = _resolve_device(self.model, self.device)
+        device = _run_device(self.model, self.device)
         return names, source, device
 
     @staticmethod
@@ -641,7 +314,11 @@ class FeatureExtractor:
                                  predictions=logits.argmax(axis=1).astype(np.int64),
                                  labels=labels)
 
-    def extract(self, data, labels=None):
+    def _bar(self, total, nested, desc):
+        return _progress_bar(total, enabled=bool(self.progress), desc=desc or "extract",
+                             nested=nested, unit="img")
+
+    def extract(self, data, labels=None, *, nested=False, desc=None):
         """Extract the features of every image in ``data``.
 
         Parameters
@@ -656,6 +333,11 @@ class FeatureExtractor:
               (labels = sorted class-folder index).
         labels : array-like of shape (N,), default=None
             True classes; override those the data carries.
+        nested : bool, default=False
+            The extraction is one step of a larger stage: its progress bar
+            disappears when done instead of leaving a line.
+        desc : str, default=None
+            Label of the progress bar (default ``"extract"``).
 
         Returns
         -------
@@ -664,7 +346,7 @@ class FeatureExtractor:
         names, source, device = self._prepare(data, labels)
         n = len(source)
         with _session(self.model, names, device, self.amp) as forward, \
-                _progress(n, self.progress, "extract") as bar:
+                self._bar(n, nested, desc) as bar:
             feat_batches, logit_batches, label_batches = _collect(
                 forward, self._batches(source, 0, n or 0, int(self.batch_size), labels),
                 bar)
@@ -674,7 +356,7 @@ class FeatureExtractor:
 
     def extract_to_store(self, data, path, labels=None, metadata=None,
                          chunk_size=2048, resume=True, start=None, stop=None,
-                         source=None):
+                         source=None, *, nested=False, desc=None):
         """Extract features chunk by chunk into a resumable feature store.
 
         Parameters
@@ -683,7 +365,7 @@ class FeatureExtractor:
             As for :meth:`extract`, but a DataLoader must not shuffle (rows
             must have fixed positions to resume).
         path : str or path-like
-            Store directory (see :mod:`sklearn_advdet.deep.store`).
+            Store directory (see :mod:`sklearn_advdet.store`).
         labels : array-like of shape (N,), default=None
             True classes; override those the data carries.
         metadata : dict of array-like, default=None
@@ -700,6 +382,8 @@ class FeatureExtractor:
         source : str, default=None
             Description recorded in the manifest (default: the path, or the
             type and shape of the data).
+        nested, desc : bool, str
+            As for :meth:`extract`.
 
         Returns
         -------
@@ -738,7 +422,7 @@ class FeatureExtractor:
                 todo = writer.missing_chunks(start, stop)
                 total = sum(writer.chunk_bounds(k)[1] - writer.chunk_bounds(k)[0]
                             for k in todo)
-                with _progress(total, self.progress, "extract") as bar:
+                with self._bar(total, nested, desc) as bar:
                     for k in todo:
                         lo, hi = writer.chunk_bounds(k)
                         fb, lb, yb = _collect(

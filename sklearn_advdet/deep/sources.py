@@ -1,0 +1,194 @@
+"""Where the images of an extraction come from: arrays, Datasets, DataLoaders, folders.
+
+Every source yields ``(x, y)`` batches of rows ``[lo, hi)`` (``y`` None when
+the data carries no labels) and describes itself for the store's manifest.
+"""
+
+from collections.abc import Mapping
+from os import PathLike
+
+import numpy as np
+import torch
+
+from .data import load_image_folder
+
+__all__ = []
+
+
+class _ArraySource:
+    """Images in memory: numpy array or tensor, (N, C, H, W) or any (N, ...)."""
+
+    ordered = True
+
+    def __init__(self, images, labels=None, description=None):
+        if isinstance(images, np.ndarray):
+            if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+                raise TypeError(
+                    f"image arrays must be uint8 (0-255) or float (0-1), got "
+                    f"{images.dtype}"
+                )
+        elif isinstance(images, torch.Tensor):
+            if images.dtype != torch.uint8 and not images.is_floating_point():
+                raise TypeError(
+                    f"image tensors must be uint8 (0-255) or float (0-1), got "
+                    f"{images.dtype}"
+                )
+        if images.ndim < 2:
+            raise ValueError(
+                f"images must have a leading sample axis, got shape "
+                f"{tuple(images.shape)}"
+            )
+        self.images = images
+        self.labels = labels
+        self.description = description or (
+            f"{type(images).__name__} {tuple(images.shape)} {images.dtype}")
+
+    def __len__(self):
+        return int(self.images.shape[0])
+
+    @property
+    def has_labels(self):
+        return self.labels is not None
+
+    def batches(self, lo, hi, batch_size):
+        for i in range(lo, hi, batch_size):
+            j = min(i + batch_size, hi)
+            x = self.images[i:j]
+            if isinstance(x, np.ndarray):
+                x = torch.from_numpy(np.ascontiguousarray(x))
+            y = None if self.labels is None else self.labels[i:j]
+            yield x, y
+
+
+def _split_batch(batch):
+    if isinstance(batch, (list, tuple)):
+        if not batch:
+            raise ValueError("the data loader yielded an empty batch")
+        x = batch[0]
+        y = batch[1] if len(batch) > 1 else None
+    elif isinstance(batch, dict):
+        raise TypeError(
+            "batches are dicts: make the dataset return (image, label) tuples"
+        )
+    else:
+        x, y = batch, None
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"the dataset yields images of type {type(x).__name__}, not tensors: "
+            "give it a transform that returns tensors (e.g. torchvision's "
+            "ToTensor) or pass a numpy array"
+        )
+    if y is not None:
+        y = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y).astype(np.int64)
+    return x, y
+
+
+class _DatasetSource:
+    """A map-style Dataset (or an ordered DataLoader over one)."""
+
+    ordered = True
+
+    def __init__(self, dataset, batch_size=None, collate_fn=None, num_workers=0,
+                 pin_memory=False, description=None, loader=None):
+        try:
+            self._len = len(dataset)
+        except TypeError:
+            raise TypeError(
+                f"{type(dataset).__name__} has no len(): pass a map-style "
+                "Dataset or a DataLoader"
+            ) from None
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.collate_fn = collate_fn
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.loader = loader
+        self.description = description or f"{type(dataset).__name__} ({self._len} items)"
+        self._has_labels = None
+
+    def __len__(self):
+        return self._len
+
+    @property
+    def has_labels(self):
+        if self._has_labels is None:
+            item = self.dataset[0]
+            self._has_labels = isinstance(item, (list, tuple)) and len(item) > 1
+        return self._has_labels
+
+    def batches(self, lo, hi, batch_size):
+        from torch.utils.data import DataLoader, Subset
+
+        bs = self.batch_size or batch_size
+        if self.loader is not None and lo == 0 and hi == self._len:
+            loader = self.loader
+        else:
+            subset = self.dataset if (lo, hi) == (0, self._len) else Subset(
+                self.dataset, range(lo, hi))
+            kwargs = {"collate_fn": self.collate_fn} if self.collate_fn else {}
+            loader = DataLoader(subset, batch_size=bs, shuffle=False,
+                                num_workers=self.num_workers,
+                                pin_memory=self.pin_memory, **kwargs)
+        for batch in loader:
+            yield _split_batch(batch)
+
+
+class _LoaderSource:
+    """A DataLoader that cannot be re-sliced (shuffled or iterable)."""
+
+    ordered = False
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.description = f"DataLoader over {type(loader.dataset).__name__}"
+        self.has_labels = None
+
+    def __len__(self):
+        try:
+            return len(self.loader.dataset)
+        except TypeError:
+            return None
+
+    def batches(self, lo, hi, batch_size):
+        for batch in self.loader:
+            yield _split_batch(batch)
+
+
+def _as_source(data, labels=None):
+    from torch.utils.data import (BatchSampler, DataLoader, Dataset,
+                                  IterableDataset, SequentialSampler)
+
+    if isinstance(data, (str, PathLike)):
+        images, folder_labels, _ = load_image_folder(data)
+        return _ArraySource(images, folder_labels if labels is None else labels,
+                            description=str(data))
+    if isinstance(data, (np.ndarray, torch.Tensor)):
+        return _ArraySource(data, labels)
+    if isinstance(data, DataLoader):
+        sequential = (
+            not isinstance(data.dataset, IterableDataset)
+            and isinstance(data.sampler, SequentialSampler)
+            and type(data.batch_sampler) is BatchSampler
+            and not data.batch_sampler.drop_last
+        )
+        if sequential:
+            return _DatasetSource(
+                data.dataset, batch_size=data.batch_size, collate_fn=data.collate_fn,
+                num_workers=data.num_workers, pin_memory=data.pin_memory,
+                description=f"DataLoader over {type(data.dataset).__name__} "
+                            f"({len(data.dataset)} items)",
+                loader=data)
+        return _LoaderSource(data)
+    if isinstance(data, Dataset) or (
+            hasattr(data, "__getitem__") and hasattr(data, "__len__")
+            and not isinstance(data, (Mapping, str, bytes))):
+        if isinstance(data, IterableDataset):
+            from torch.utils.data import DataLoader as _DL
+            return _LoaderSource(_DL(data, batch_size=None))
+        return _DatasetSource(data)
+    raise TypeError(
+        "data must be a numpy array or tensor of images, a torch Dataset or "
+        "DataLoader, or the path of an image folder / ImageFolder tar; got "
+        f"{type(data).__name__}"
+    )
+

@@ -1,0 +1,244 @@
+"""Feature store: deep features of an image set, on disk, memory-mapped.
+
+A store is a directory::
+
+    manifest.json          model, layers (names, sizes, files), dtype, count,
+                           source, version, chunk size, complete flag
+    000_layer1.0.npy ...   one (count, size) float array per hooked layer
+    logits.npy             (count, n_classes) float array
+    predictions.npy        (count,) int64: argmax of the logits
+    labels.npy             (count,) int64 true classes (when known)
+    meta_<name>.npy        (count, ...) per-sample metadata arrays
+    _chunks/<k>            one marker per committed chunk (while writing;
+                           removed once the store is complete)
+
+Writing: every array is pre-allocated with :func:`numpy.lib.format.open_memmap`
+and filled chunk by chunk (chunk ``k`` = rows ``[k * chunk_size, (k + 1) *
+chunk_size)``). A chunk counts as written only once its rows are flushed and
+its marker has been created atomically (temporary file + :func:`os.replace`).
+A run that is killed and started again recomputes exactly the chunks without a
+marker, so the finished store has the same arrays as an uninterrupted run: no
+duplicate rows, no gaps. Because rows have fixed places, several processes can
+fill disjoint index ranges (``start``/``stop``) of the same store. The
+manifest says ``"complete": true`` only after every chunk is committed, and
+:meth:`FeatureStore.open` refuses incomplete, truncated or inconsistent stores
+with an error that says what is wrong.
+
+Reading needs only numpy: this module does not import torch.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from ._layout import FeatureLayout
+from ._store_format import (STORE_FORMAT, STORE_VERSION, StoreError, _array_entries,
+                            _atomic_write_json, _check_npy, _committed, _n_chunks,
+                            _read_manifest)
+from ._store_writer import FeatureStoreWriter
+
+__all__ = ["FeatureStore", "FeatureStoreWriter", "open_store", "StoreError",
+           "STORE_FORMAT", "STORE_VERSION"]
+
+
+class FeatureStore:
+    """Read access to a feature store (memory-mapped).
+
+    Use :meth:`open` (or :func:`open_store`); the constructor is not public.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    manifest : dict
+        The parsed ``manifest.json``.
+    layout : FeatureLayout
+        Column layout of :attr:`X` (layer names = module names; the logits
+        block last when the store has logits).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile
+    >>> from sklearn_advdet.store import FeatureStoreWriter, open_store
+    >>> path = tempfile.mkdtemp()
+    >>> w = FeatureStoreWriter.create(
+    ...     path, count=4, layer_names=["a", "b"], layer_sizes=[2, 3],
+    ...     n_classes=2, chunk_size=2, has_labels=True)
+    >>> rng = np.random.default_rng(0)
+    >>> for k in w.missing_chunks():
+    ...     lo, hi = w.chunk_bounds(k)
+    ...     w.write_chunk(k, layers=[rng.random((hi - lo, 2)), rng.random((hi - lo, 3))],
+    ...                   logits=rng.random((hi - lo, 2)), labels=np.zeros(hi - lo))
+    >>> w.finalize()
+    True
+    >>> store = open_store(path)
+    >>> len(store), store.X.shape, store.layout.names
+    (4, (4, 7), ('a', 'b', 'logits'))
+    >>> store.layer("b").shape
+    (4, 3)
+    """
+
+    def __init__(self, path, manifest, mmap_mode="r"):
+        self.path = Path(path)
+        self.manifest = manifest
+        self._mmap_mode = mmap_mode
+        self._cache = {}
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    def open(cls, path, mmap_mode="r", allow_incomplete=False):
+        """Open a store for reading, checking that it is whole.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The store directory.
+        mmap_mode : {"r", None}, default="r"
+            ``"r"`` memory-maps the arrays; None reads them into memory.
+        allow_incomplete : bool, default=False
+            Open a store whose extraction has not finished (rows of chunks
+            not yet written are zeros). For inspection only.
+
+        Raises
+        ------
+        StoreError (a ValueError)
+            When the store is missing, incomplete, truncated or inconsistent.
+        """
+        path = Path(path)
+        manifest = _read_manifest(path)
+        count = int(manifest["count"])
+        if not manifest.get("complete", False) and not allow_incomplete:
+            done = len(_committed(path, manifest))
+            raise StoreError(
+                f"feature store {path} is incomplete ({done} of "
+                f"{_n_chunks(manifest)} chunks written): run the extraction "
+                "again with resume=True to finish it"
+            )
+        for _, entry in _array_entries(manifest):
+            _check_npy(path, entry, count)
+        return cls(path, manifest, mmap_mode=mmap_mode)
+
+    def _load(self, entry):
+        key = entry["file"]
+        if key not in self._cache:
+            self._cache[key] = np.load(self.path / key, mmap_mode=self._mmap_mode,
+                                       allow_pickle=False)
+        return self._cache[key]
+
+    # ----------------------------------------------------------- properties
+    def __len__(self):
+        return int(self.manifest["count"])
+
+    def __repr__(self):
+        return (f"FeatureStore({str(self.path)!r}, count={len(self)}, "
+                f"layers={len(self.manifest['layers'])}, model={self.model!r})")
+
+    @property
+    def model(self):
+        return self.manifest.get("model")
+
+    @property
+    def source(self):
+        return self.manifest.get("source")
+
+    @property
+    def layer_names(self):
+        return [e["name"] for e in self.manifest["layers"]]
+
+    @property
+    def layer_sizes(self):
+        return [int(e["shape"][1]) for e in self.manifest["layers"]]
+
+    @property
+    def n_classes(self):
+        entry = self.manifest["arrays"].get("logits")
+        return None if entry is None else int(entry["shape"][1])
+
+    @property
+    def layout(self):
+        """FeatureLayout of :attr:`X` (logits block last when present)."""
+        sizes, names = self.layer_sizes, self.layer_names
+        has_logits = self._x_has_logits
+        if has_logits:
+            sizes, names = sizes + [self.n_classes], names + ["logits"]
+        return FeatureLayout(sizes, names=names, has_logits=has_logits)
+
+    @property
+    def _x_has_logits(self):
+        return self.n_classes is not None and bool(
+            self.manifest.get("include_logits", True))
+
+    def layer(self, name):
+        """The (count, size) array of one layer (by name or index)."""
+        entries = self.manifest["layers"]
+        if isinstance(name, str):
+            match = [e for e in entries if e["name"] == name]
+            if not match:
+                if name == "logits" and self.n_classes is not None:
+                    return self.logits
+                raise KeyError(f"no layer {name!r} in the store; layers are "
+                               f"{self.layer_names}")
+            return self._load(match[0])
+        return self._load(entries[name])
+
+    @property
+    def logits(self):
+        entry = self.manifest["arrays"].get("logits")
+        return None if entry is None else self._load(entry)
+
+    @property
+    def predictions(self):
+        entry = self.manifest["arrays"].get("predictions")
+        return None if entry is None else self._load(entry)
+
+    @property
+    def labels(self):
+        """True class labels, or None when the store has none."""
+        entry = self.manifest["arrays"].get("labels")
+        return None if entry is None else self._load(entry)
+
+    @property
+    def metadata(self):
+        """dict of per-sample metadata arrays."""
+        return {name: self._load(e) for name, e in self.manifest["metadata"].items()}
+
+    def get_X(self, layers="all", include_logits=None, rows=None, dtype=np.float32):
+        """Concatenate layer arrays into the 2-D ``X`` (materialised).
+
+        Parameters
+        ----------
+        layers : "all" or list of str/int, default="all"
+            Which layers, in store order.
+        include_logits : bool, default=None
+            Append the logits block (when the store has one). None: as the
+            extraction was configured (``include_logits`` in the manifest,
+            True when absent), which is what :attr:`layout` describes.
+        rows : slice or index array, default=None
+            Read only these rows.
+        dtype : numpy dtype, default=np.float32
+
+        Returns
+        -------
+        X : ndarray of shape (n_rows, n_columns)
+        """
+        idx = self.layout.select(layers)
+        blocks = [self._load(self.manifest["layers"][i]) for i in idx]
+        if include_logits is None:
+            include_logits = self._x_has_logits
+        if include_logits and self.n_classes is not None:
+            blocks.append(self.logits)
+        if rows is not None:
+            blocks = [b[rows] for b in blocks]
+        return np.concatenate([np.asarray(b, dtype=dtype) for b in blocks], axis=1)
+
+    @property
+    def X(self):
+        """All layers (then the logits), float32, materialised; see :attr:`layout`."""
+        return self.get_X()
+
+
+def open_store(path, mmap_mode="r", allow_incomplete=False):
+    """Open a feature store for reading; see :meth:`FeatureStore.open`."""
+    return FeatureStore.open(path, mmap_mode=mmap_mode,
+                             allow_incomplete=allow_incomplete)
+
+
