@@ -12,6 +12,7 @@ __version__ = "0.1.0.dev0"
 # public name -> module that defines it; imported on first access so that
 # ``import sklearn_advdet`` stays cheap and never pulls torch in.
 _EXPORTS = {
+    "AuthenticDensityDetector": ".authentic",
     "FeatureLayout": "._layout",
     "PivotEmbedder": ".embedding",
     "SequenceLSTMDetector": ".detectors",
@@ -22,6 +23,8 @@ _EXPORTS = {
     "LogitFeatures": ".features.logit",
     "MahalanobisScorer": ".features.mahalanobis",
     "make_detector": ".recipes",
+    "heldout_log_likelihood_scorer": ".authentic",
+    "natural_error_report": ".authentic",
     "ScoreThresholdDetector": ".knn",
     "load_digits_detection": ".deep.digits_detection",
     "load_feature_store": ".datasets",
