@@ -20,7 +20,7 @@ from sklearn.utils.validation import (
 from .._layout import FeatureLayout, check_layout
 from ..knn import _check_class_labels
 
-__all__ = ["MahalanobisScorer"]
+__all__ = ["MahalanobisScorer", "predicted_class_rows"]
 
 _COVARIANCES = {"ledoit_wolf": LedoitWolf, "oas": OAS, "empirical": EmpiricalCovariance}
 # rows x width entries whitened at once (16 MiB of float64)
@@ -48,6 +48,29 @@ def _precision_cholesky(cov, layer_name, kind):
         )
     eye = np.eye(cov.shape[0])
     return linalg.solve_triangular(L, eye, lower=True).T
+
+
+def predicted_class_rows(X, layout, classes, alternative):
+    """Index into ``classes`` of each row's predicted class (argmax of the logits).
+
+    ``classes`` holds the class indices (logit columns) present in a
+    reference set; a row predicted as a class outside it raises a ValueError
+    naming the class and suggesting ``alternative`` (e.g. another option of
+    the estimator) besides refitting with every class.
+    """
+    pred = np.argmax(X[:, layout.logits_slice], axis=1)
+    lookup = np.full(layout.n_logits, -1, dtype=np.intp)
+    lookup[np.asarray(classes).astype(np.intp)] = np.arange(len(classes))
+    rows = lookup[pred]
+    if np.any(rows < 0):
+        missing = np.unique(pred[rows < 0]).tolist()
+        raise ValueError(
+            f"the DNN predicted class(es) {missing} for some rows, but the "
+            "reference set given to fit has no sample of them, so there is "
+            "nothing to compare with: refit on a reference set holding every "
+            f"class (the classifier's training set), or use {alternative}"
+        )
+    return rows
 
 
 class MahalanobisScorer(TransformerMixin, BaseEstimator):
@@ -231,22 +254,6 @@ class MahalanobisScorer(TransformerMixin, BaseEstimator):
         self.shrinkage_ = np.asarray(shrink)
         return self
 
-    def _predicted_rows(self, X):
-        """Row of ``means_`` of each row's predicted class; raise if absent."""
-        pred = np.argmax(X[:, self.layout_.logits_slice], axis=1)
-        lookup = np.full(self.layout_.n_logits, -1, dtype=np.intp)
-        lookup[self.classes_.astype(np.intp)] = np.arange(self.classes_.size)
-        rows = lookup[pred]
-        if np.any(rows < 0):
-            missing = np.unique(pred[rows < 0]).tolist()
-            raise ValueError(
-                f"the DNN predicted class(es) {missing} for some rows, but the "
-                "reference set given to fit has no sample of them, so there is "
-                "no class mean: refit on a reference set holding every class "
-                "(the classifier's training set), or use class_mean='closest'"
-            )
-        return rows
-
     def transform(self, X):
         """Mahalanobis distance of every row in every scored layer.
 
@@ -263,7 +270,10 @@ class MahalanobisScorer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        rows = self._predicted_rows(X) if self.class_mean == "predicted" else None
+        rows = None
+        if self.class_mean == "predicted":
+            rows = predicted_class_rows(X, self.layout_, self.classes_,
+                                        "class_mean='closest'")
         out = np.empty((X.shape[0], len(self.layers_)))
         for j, i in enumerate(self.layers_):
             U = self.precision_cholesky_[j]
