@@ -8,13 +8,16 @@ with a false-positive-rate guarantee.
 """
 
 import math
+from numbers import Integral
 
 import numpy as np
 from scipy.special import gammaln
 from sklearn.base import BaseEstimator, clone
+from sklearn.utils import check_random_state
 from sklearn.covariance import OAS, EmpiricalCovariance, LedoitWolf
 from sklearn.ensemble import IsolationForest
 from sklearn.mixture import GaussianMixture
+from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
 
 from .search import make_index
@@ -139,6 +142,61 @@ class DensityModel:
     def score_samples(self, X):
         Z = X if self.scaler is None else self.scaler.transform(X)
         return np.asarray(self.density.score_samples(Z), dtype=np.float64) + self.log_jacobian
+
+
+def holdout_sizes(det, n):
+    """(rows for the density, rows for calibration) of ``calibration="holdout"``."""
+    size = det.calibration_size
+    n_cal = int(size) if isinstance(size, Integral) else int(math.ceil(size * n))
+    return n - n_cal, n_cal
+
+
+def check_rows(det, n):
+    """Raise a ValueError saying what to do when ``n`` authentic rows are too few."""
+    need = min_fit_rows(det)
+    if det.calibration == "holdout":
+        n_fit, n_cal = holdout_sizes(det, n)
+        if n_fit < need or n_cal < 1:
+            raise ValueError(
+                f"AuthenticDensityDetector got {n} sample(s) ({n} authentic): "
+                f"with calibration_size={det.calibration_size!r} that leaves "
+                f"{n_fit} row(s) for the density (it needs at least {need}) and "
+                f"{n_cal} for calibration: pass more authentic rows"
+            )
+    elif n < det.cv or n - math.ceil(n / det.cv) < need:
+        raise ValueError(
+            f"AuthenticDensityDetector got {n} sample(s) ({n} authentic): "
+            f"cv={det.cv} folds need at least {det.cv} rows and each fold's "
+            f"density at least {need}: pass more authentic rows or a smaller cv"
+        )
+
+
+def _new_model(det, seed):
+    log_density = isinstance(det.density, str) and det.density in _LOG_DENSITIES
+    return DensityModel(density_template(det, seed), det.standardize, log_density)
+
+
+def fit_and_calibrate(det, X):
+    """The fitted DensityModel, the authentic calibration scores, and their origin.
+
+    ``"holdout"``: the model of the first ``n_fit`` rows of a random
+    permutation scores the others. ``"cross"``: out-of-fold scores of ``cv``
+    models, then the model of every row.
+    """
+    rng = check_random_state(det.random_state)
+    seed = (int(det.random_state) if isinstance(det.random_state, Integral)
+            else int(rng.randint(np.iinfo(np.int32).max)))
+    if det.calibration == "holdout":
+        n_fit, _ = holdout_sizes(det, X.shape[0])
+        perm = rng.permutation(X.shape[0])
+        model = _new_model(det, seed).fit(X[perm[:n_fit]])
+        return model, model.score_samples(X[perm[n_fit:]]), (
+            f"calibration_size={det.calibration_size!r}")
+    cal = np.empty(X.shape[0])
+    folds = KFold(det.cv, shuffle=True, random_state=rng.randint(np.iinfo(np.int32).max))
+    for train, test in folds.split(X):
+        cal[test] = _new_model(det, seed).fit(X[train]).score_samples(X[test])
+    return _new_model(det, seed).fit(X), cal, f"cross-fitting with cv={det.cv}"
 
 
 def conformal_rank(target_fpr, n_cal):

@@ -3,13 +3,10 @@
 Read more in the :ref:`User Guide <authentic>`.
 """
 
-import math
 from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
-from sklearn.model_selection import KFold
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
 from sklearn.utils.validation import (
     assert_all_finite,
@@ -19,14 +16,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ._density import (
-    _LOG_DENSITIES,
-    DensityModel,
-    conformal_pvalues,
-    conformal_threshold,
-    density_template,
-    min_fit_rows,
-)
+from ._density import check_rows, conformal_pvalues, conformal_threshold, fit_and_calibrate
 from ._progress import get_logger
 from ._validation import check_binary_y
 
@@ -249,39 +239,6 @@ class AuthenticDensityDetector(ClassifierMixin, BaseEstimator):
                   len(adversarial) - n_adv)
         return X[~adversarial]
 
-    def _holdout_sizes(self, n):
-        size = self.calibration_size
-        if isinstance(size, Integral):
-            n_cal = int(size)
-        else:
-            n_cal = int(math.ceil(size * n))
-        return n - n_cal, n_cal
-
-    def _check_rows(self, n):
-        need = min_fit_rows(self)
-        if self.calibration == "holdout":
-            n_fit, n_cal = self._holdout_sizes(n)
-            if n_fit < need or n_cal < 1:
-                raise ValueError(
-                    f"AuthenticDensityDetector got {n} sample(s) ({n} authentic): "
-                    f"with calibration_size={self.calibration_size!r} that leaves "
-                    f"{n_fit} row(s) for the density (it needs at least {need}) and "
-                    f"{n_cal} for calibration: pass more authentic rows"
-                )
-        else:
-            n_fit = n - math.ceil(n / self.cv)
-            if n < self.cv or n_fit < need:
-                raise ValueError(
-                    f"AuthenticDensityDetector got {n} sample(s) ({n} authentic): "
-                    f"cv={self.cv} folds need at least {self.cv} rows and each "
-                    f"fold's density at least {need}: pass more authentic rows or "
-                    "a smaller cv"
-                )
-
-    def _new_model(self, seed):
-        log_density = isinstance(self.density, str) and self.density in _LOG_DENSITIES
-        return DensityModel(density_template(self, seed), self.standardize, log_density)
-
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Fit the density on authentic rows and calibrate ``threshold_``.
@@ -302,23 +259,8 @@ class AuthenticDensityDetector(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float64)
         X = self._authentic_rows(X, y)
         n = X.shape[0]
-        self._check_rows(n)
-        rng = check_random_state(self.random_state)
-        seed = (int(self.random_state) if isinstance(self.random_state, Integral)
-                else int(rng.randint(np.iinfo(np.int32).max)))
-        if self.calibration == "holdout":
-            n_fit, n_cal = self._holdout_sizes(n)
-            perm = rng.permutation(n)
-            model = self._new_model(seed).fit(X[perm[:n_fit]])
-            cal = model.score_samples(X[perm[n_fit:]])
-            where = f"calibration_size={self.calibration_size!r}"
-        else:
-            cal = np.empty(n)
-            folds = KFold(self.cv, shuffle=True, random_state=rng.randint(np.iinfo(np.int32).max))
-            for train, test in folds.split(X):
-                cal[test] = self._new_model(seed).fit(X[train]).score_samples(X[test])
-            model = self._new_model(seed).fit(X)
-            where = f"cross-fitting with cv={self.cv}"
+        check_rows(self, n)
+        model, cal, where = fit_and_calibrate(self, X)
         if not np.all(np.isfinite(cal)):
             raise ValueError(
                 "the density model gave non-finite scores to authentic calibration "
