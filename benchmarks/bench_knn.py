@@ -54,6 +54,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "bench_knn.md"
 SHARED = ROOT.parent / "shared" / "data"
 
 
+#: benchmark method -> (backend, backend_params) of sklearn_advdet.search.make_index
+METHODS = {}
+
+
 def _rss_mib():
     # ru_maxrss is KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -118,7 +122,7 @@ def cifar_features(cache_dir, n_queries):
 # ---------------------------------------------------------------- one method
 def run_one(spec):
     """Run one (data set, method) in this process; print a JSON line."""
-    from sklearn_advdet import knn as knnmod
+    from sklearn_advdet.search import make_index, resolve_backend
 
     ref = np.load(spec["ref"], mmap_mode="r")
     ref = np.ascontiguousarray(ref)
@@ -129,11 +133,14 @@ def run_one(spec):
     method = spec["method"]
     res = {"method": method}
 
-    if method == "pynndescent" or (method == "auto" and len(ref) >= knnmod._AUTO_ANN_MIN_REF):
+    backend, params = METHODS.get(method, (method, None))
+    if backend != "sklearn-brute":
+        resolved = resolve_backend(backend, len(ref))
+    if backend != "sklearn-brute" and resolved == "pynndescent":
         # numba compiles on first use: warm up on tiny data, not timed
         t = time.perf_counter()
         w = clustered(2000, ref.shape[1], 1)
-        knnmod._PynndescentIndex(w, 0).query(w[:5], 50)
+        make_index("pynndescent", w, random_state=0).query(w[:5], 50)
         res["jit_warmup_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -147,22 +154,12 @@ def run_one(spec):
 
         res["resolved"] = "sklearn-brute"
     else:
-        backend = method
-        if method == "auto":
-            backend = "pynndescent" if len(ref) >= knnmod._AUTO_ANN_MIN_REF else "exact"
-        if backend == "pynndescent":
-            index = knnmod._PynndescentIndex(ref, 0, spec["n_jobs"])
-            exact = knnmod._ExactIndex(ref) if method == "auto" else None
-        else:
-            index, exact = knnmod._ExactIndex(ref), None
+        index = make_index(backend, ref, n_jobs=spec["n_jobs"], random_state=0, params=params)
 
         def query(x):
-            use = index
-            if exact is not None and len(x) < knnmod._AUTO_ANN_MIN_QUERIES:
-                use = exact
-            return use.query(x, k)[0]
+            return index.query(x, k)[1]
 
-        res["resolved"] = backend
+        res["resolved"] = index.backend
     res["build_s"] = time.perf_counter() - t
 
     truth = None if method == "sklearn-brute" else np.load(spec["truth"])
@@ -170,7 +167,7 @@ def run_one(spec):
     for eps in epsilons:
         row = dict(res)
         if eps is not None:
-            index.epsilon = eps
+            getattr(index, "approximate", index).epsilon = eps
             row["method"] = f"{method} (eps={eps})"
         idx, row["batch_s"], row["batch_cpu_s"] = _timed(query, q, spec["repeat"])
         singles = []

@@ -1,4 +1,4 @@
-"""kNN class-score detection (Carrara et al., MTAP 2018) and a threshold detector.
+"""kNN class-score detection (Carrara et al., MTAP 2018).
 
 The DNN's prediction for an image is trusted as much as the image's deep
 features agree with it: the hidden-layer features of the image are searched
@@ -14,27 +14,26 @@ over the ``k`` nearest reference samples, with ``w_i = 1`` (kNN), ``1 / i``
 "do not trust this prediction" — a possible adversarial example or a natural
 error.
 
-:class:`KNNClassScorer` turns X (pooled layer features followed by the
-logits block, see :mod:`sklearn_advdet._layout`) into one score per selected
-layer; :class:`ScoreThresholdDetector` thresholds one score column at the
-equal-error rate or at a target false-positive rate; :func:`knn_evaluation`
-reports the paper's figures.
+:class:`KNNClassScorer` turns X (layer features, logits last) into one
+score per selected layer; :func:`knn_evaluation` reports the paper's figures.
+The search is :mod:`sklearn_advdet.search`; ``ScoreThresholdDetector`` moved
+to :mod:`sklearn_advdet.thresholds` (still importable from here).
 """
 
-import math
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
-from sklearn.decomposition import PCA
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from ._layout import FeatureLayout, check_layout
-from ._parallel import n_threads_for, thread_map
-from ._rounding import safe_gamma
+from .search import BACKENDS, SEARCH_PARAMS_DOC, deterministic_backend
+from .search._layers import LayerIndexMixin, fit_preprocessing
+from .search.exact import _ExactIndex  # noqa: F401  (sklearn_advdet._density imports it)
+from .thresholds import ScoreThresholdDetector  # its former home; kept importable
 
 __all__ = [
     "KNNClassScorer",
@@ -42,33 +41,6 @@ __all__ = [
     "knn_class_scores",
     "knn_evaluation",
 ]
-
-# ---------------------------------------------------------------------------
-# "auto" backend rule, from benchmarks/bench_knn.py on a shared 2-core machine
-# (see benchmarks/results/bench_knn.md and the KNNClassScorer docstring;
-# the 2,000,000 threshold is an extrapolation from those figures).
-# Below _AUTO_ANN_MIN_REF reference samples no pynndescent index is built: an
-# exact brute-force pass over the references was faster than pynndescent's
-# build alone at every size measured.  Above it the index is built in fit and
-# used for query batches of at least _AUTO_ANN_MIN_QUERIES rows; smaller
-# batches (single queries) still go through the exact search.
-_AUTO_ANN_MIN_REF = 2_000_000
-_AUTO_ANN_MIN_QUERIES = 64
-
-# squared distances below this fraction of |q|^2 + |r|^2 may be dominated by
-# the cancellation of the |q|^2 - 2 q.r + |r|^2 expansion; they are recomputed
-# from the coordinates (which gives an exact 0 for identical vectors).
-_RECOMPUTE_RTOL = 1e-6
-# exact search: references whose largest squared norm exceeds this many times
-# the largest one about their mean are screened as a centred copy
-_CENTRE_RATIO = 4.0
-# exact search: a screening tile holds at most this many query x reference
-# entries (8 MiB in float32, plus 16 MiB of argpartition indices), and a
-# thread takes at most this many queries at a time.  Measured in
-# benchmarks/bench_knn.py's setting: 2^21 x 128 was as fast as 2^22 x 256
-# at 50,000 x 64 and 1,000,000 x 256 with 40-45 % less extra memory.
-_SCREEN_ENTRIES = 2**21
-_QUERY_CHUNK = 128
 
 
 # ---------------------------------------------------------------- scoring core
@@ -133,18 +105,14 @@ def _neighbor_weights(shape, neighbor_distances, weights):
     if weights == "distance":
         d = np.asarray(neighbor_distances, dtype=float)
         if d.shape != tuple(shape):
-            raise ValueError(
-                f"neighbor_distances has shape {d.shape}, expected {tuple(shape)}"
-            )
+            raise ValueError(f"neighbor_distances has shape {d.shape}, expected {tuple(shape)}")
         zero = d == 0.0
         has_zero = zero.any(axis=1)
         with np.errstate(divide="ignore"):
             w = 1.0 / np.square(d)
         w[has_zero] = zero[has_zero]
         return w
-    raise ValueError(
-        f"weights must be 'uniform', 'rank' or 'distance', got {weights!r}"
-    )
+    raise ValueError(f"weights must be 'uniform', 'rank' or 'distance', got {weights!r}")
 
 
 def _majority_scores(labels, dist, n_classes, weights):
@@ -154,225 +122,6 @@ def _majority_scores(labels, dist, n_classes, weights):
     for c in range(n_classes):
         votes[:, c] = (w * (labels == c)).sum(axis=1)
     return votes.max(axis=1) / w.sum(axis=1)
-
-
-def _sorted_neighbors(Q, R, r_sqnorm, idx, dist):
-    """Make distances trustworthy and order each row by (distance, index).
-
-    Squared distances small enough to suffer from cancellation are recomputed
-    from the coordinates in float64; the rest are kept. Rows are then sorted
-    by distance, ties broken by reference index.
-    """
-    dist = np.asarray(dist, dtype=np.float64)
-    idx = np.asarray(idx, dtype=np.intp)
-    q_sqnorm = np.einsum("ij,ij->i", Q, Q, dtype=np.float64)
-    tol = _RECOMPUTE_RTOL * (q_sqnorm[:, None] + r_sqnorm[idx])
-    rows, cols = np.nonzero(np.square(dist) <= tol)
-    if rows.size:
-        diff = R[idx[rows, cols]].astype(np.float64) - Q[rows].astype(np.float64)
-        dist = dist.copy()
-        dist[rows, cols] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-    order = np.lexsort((idx, dist), axis=-1)
-    return (
-        np.take_along_axis(idx, order, axis=1),
-        np.take_along_axis(dist, order, axis=1),
-    )
-
-
-def _exact_row(q, R, sqnorm, k):
-    """k nearest references of one query, exact float64, ties by index.
-
-    A GEMV in the data's precision finds every reference that can be among
-    the k nearest (within a rounding-error bound of the k-th value); only
-    those are recomputed exactly from the coordinates.
-    """
-    q64 = q.astype(np.float64)
-    qn = float(q64 @ q64)
-    approx = sqnorm - 2.0 * (R @ q.astype(R.dtype)).astype(np.float64) + qn
-    eps = np.finfo(R.dtype).eps
-    bound = 4.0 * R.shape[1] * eps * (np.sqrt(sqnorm.max() * qn) + sqnorm.max() + qn) + 1e-300
-    kth = np.partition(approx, k - 1)[k - 1]
-    cand = np.flatnonzero(approx <= kth + 2.0 * bound)
-    diff = R[cand].astype(np.float64) - q64
-    d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-    order = np.lexsort((cand, d))[:k]
-    return cand[order], d[order]
-
-
-class _ExactIndex:
-    """Exact brute-force k-NN: screening GEMM, then exact re-ranking.
-
-    For a chunk of queries and a block of references, one GEMM in the data's
-    precision gives ``v = |r|^2 - 2 q.r`` (the squared distance minus the
-    query's constant ``|q|^2``); ``argpartition`` keeps the ``M = k + k/4``
-    (at least ``k + 32``) smallest per query, merged block by block, so a
-    screening tile never exceeds ``_SCREEN_ENTRIES`` entries (memory bounded
-    whatever the reference size).  The error of every ``v`` is at most
-    ``b = gamma_{d+2} (max|r|^2 + 2 |q| max|r|)`` (with the margins of
-    :func:`._rounding.safe_gamma`: the GEMM, the stored squared norms, the
-    queries cast to the data's precision), so
-    the true k nearest all lie within ``2 b`` of the k-th smallest ``v``.
-    Those candidates (usually ``k`` plus a few) get exact float64 distances
-    from coordinate differences and are ordered by (distance, reference
-    index).  A query with ``M`` candidates inside the window (too many ties
-    for the margin) is redone by a full exact scan (:func:`_exact_row`).
-    References far from the origin are screened as a centred copy (memory:
-    one more copy of the references), which keeps the window narrow.
-
-    Query chunks run on ``n_jobs`` threads (single-threaded BLAS each; by
-    default as many as the BLAS thread pool has, see :mod:`._parallel`).
-    ``benchmarks/bench_knn.py`` measured this faster than scikit-learn's
-    ``NearestNeighbors(algorithm="brute")``, whose float64 reduction keeps a
-    heap of ``k`` per query.
-    """
-
-    def __init__(self, data, n_jobs=None):
-        self.data = data
-        self.sqnorm = np.einsum("ij,ij->i", data, data, dtype=np.float64)
-        self.n_jobs = n_jobs
-        # The screening window grows with the largest norm: references far
-        # from the origin (their mean dwarfs their spread) are screened as a
-        # centred copy, which narrows it (distances do not change).
-        self._shift, screen = None, data
-        if data.shape[0]:
-            # any centre gives the same distances: the mean by one BLAS GEMV,
-            # and the centred norms from |x|^2 - 2 x.mu + |mu|^2 (only to
-            # decide; their rounding does not matter)
-            mu = np.ones(data.shape[0], dtype=data.dtype) @ data / data.dtype.type(data.shape[0])
-            centred = self.sqnorm - 2.0 * (data @ mu) + float(mu @ mu)
-            if self.sqnorm.max() > _CENTRE_RATIO * max(float(centred.max()), 0.0):
-                self._shift = mu
-                screen = data - mu
-        self._screen_data = screen
-        if screen is data:
-            sq = self.sqnorm
-        else:
-            sq = np.einsum("ij,ij->i", screen, screen, dtype=np.float64)
-        self._sq = sq.astype(data.dtype)
-        self._rmax = math.sqrt(float(sq.max())) if data.shape[0] else 0.0
-
-    def query(self, Q, k):
-        n_ref = self.data.shape[0]
-        k = min(k, n_ref)
-        margin = min(n_ref, k + max(32, k // 4))
-        n_threads = n_threads_for(self.n_jobs)
-        rows = max(1, min(_QUERY_CHUNK, -(-Q.shape[0] // n_threads)))
-
-        def chunk(start):
-            return self._query_chunk(Q[start : start + rows], k, margin)
-
-        parts = list(thread_map(chunk, range(0, Q.shape[0], rows), n_threads))
-        if not parts:
-            return np.empty((0, k), dtype=np.intp), np.empty((0, k))
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-    def _screen(self, Qw, M):
-        """The M smallest ``|r|^2 - 2 q.r`` per query (values, indices), unsorted."""
-        R = self._screen_data
-        n_ref = R.shape[0]
-        block = min(n_ref, max(2 * M, _SCREEN_ENTRIES // max(Qw.shape[0], 1)))
-        Qm2 = Qw * Qw.dtype.type(-2.0)  # exact: a power-of-2 scaling
-        best_v = best_i = None
-        for start in range(0, n_ref, block):
-            V = Qm2 @ R[start : start + block].T
-            V += self._sq[start : start + block]
-            vals, idx = _smallest(V, M)
-            idx = idx + start
-            if best_v is not None:
-                vals = np.concatenate([best_v, vals], axis=1)
-                idx = np.concatenate([best_i, idx], axis=1)
-                vals, keep = _smallest(vals, M)
-                idx = _take_rows(idx, keep)
-            best_v, best_i = vals, idx
-        return best_v, best_i
-
-    def _query_chunk(self, Q, k, M):
-        R = self.data
-        n_ref, d = R.shape
-        Qw = np.asarray(Q, dtype=R.dtype)
-        if self._shift is not None:
-            Qw = Qw - self._shift
-        vals, cand = self._screen(Qw, M)
-        order = np.argsort(vals, axis=1)
-        vals = _take_rows(vals, order).astype(np.float64)
-        cand = _take_rows(cand, order)
-        q_norm = np.sqrt(np.einsum("ij,ij->i", Qw, Qw, dtype=np.float64))
-        bound = safe_gamma(d + 2, R.dtype) * (self._rmax**2 + 2.0 * q_norm * self._rmax)
-        inside = (vals <= (vals[:, k - 1] + 2.0 * bound)[:, None]).sum(axis=1)
-        width = int(inside.max())
-        cand = cand[:, :width]
-        # exact float64 distances of the candidates, a few queries at a time
-        Q64 = np.asarray(Q, dtype=np.float64)
-        dist = np.empty(cand.shape)
-        step = max(1, 2**20 // max(width * d, 1))
-        for a in range(0, len(Q), step):
-            diff = np.subtract(R[cand[a : a + step]], Q64[a : a + step, None, :], dtype=np.float64)
-            dist[a : a + step] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-        order = np.argsort(dist, axis=1)[:, : k + 1]
-        idx, out = _take_rows(cand, order), _take_rows(dist, order)
-        # equal distances among the kept: order those rows by (distance, index)
-        tied = np.flatnonzero((out[:, 1:] == out[:, :-1]).any(axis=1))
-        for r in tied:
-            o = np.lexsort((cand[r], dist[r]))[: k + 1]
-            idx[r], out[r] = cand[r, o], dist[r, o]
-        idx, out = idx[:, :k], out[:, :k]
-        # a window filled to the margin may hide candidates: full exact scan
-        if M < n_ref:
-            for r in np.flatnonzero(inside >= M):
-                idx[r], out[r] = _exact_row(Q[r], R, self.sqnorm, k)
-        return idx, out
-
-
-def _smallest(V, M):
-    """The M smallest entries of every row of V (values, column indices), unsorted."""
-    if V.shape[1] <= M:
-        return V, np.broadcast_to(np.arange(V.shape[1]), V.shape)
-    part = np.argpartition(V, M - 1, axis=1)[:, :M]
-    return _take_rows(V, part), part
-
-
-def _take_rows(A, idx):
-    """``np.take_along_axis(A, idx, axis=1)`` through flat indices (faster)."""
-    flat = idx + (np.arange(A.shape[0]) * A.shape[1])[:, None]
-    return np.take(A, flat) if A.flags.c_contiguous else np.take(np.ascontiguousarray(A), flat)
-
-
-class _PynndescentIndex:
-    """pynndescent NNDescent graph; imported lazily (numba compiles on first use)."""
-
-    _QUERY_KEYS = ("epsilon",)
-
-    def __init__(self, data, random_state, n_jobs=None, params=None):
-        try:
-            from pynndescent import NNDescent
-        except ImportError as exc:  # pragma: no cover - pynndescent is a dependency
-            raise ImportError(
-                "backend='pynndescent' needs the pynndescent package: "
-                "pip install pynndescent, or use backend='exact'"
-            ) from exc
-        params = dict(params or {})
-        self.epsilon = float(params.pop("epsilon", 0.2))
-        params.setdefault("n_neighbors", 30)
-        self.data = data
-        self.sqnorm = np.einsum("ij,ij->i", data, data, dtype=np.float64)
-        self.index = NNDescent(
-            data,
-            metric="euclidean",
-            random_state=random_state,
-            n_jobs=n_jobs,
-            **params,
-        )
-        self.index.prepare()
-
-    def query(self, Q, k):
-        idx, dist = self.index.query(Q, k=k, epsilon=self.epsilon)
-        if not (np.all(np.isfinite(dist)) and np.all(idx >= 0)):
-            raise RuntimeError(
-                "pynndescent returned missing or non-finite neighbours "
-                f"(k={k}, {self.data.shape[0]} references): raise "
-                "backend_params['epsilon'] or use backend='exact'"
-            )
-        return _sorted_neighbors(Q, self.data, self.sqnorm, idx, dist)
 
 
 def _check_class_labels(y, n_logits):
@@ -404,7 +153,7 @@ def _check_class_labels(y, n_logits):
 
 
 # ------------------------------------------------------------------- scorer
-class KNNClassScorer(TransformerMixin, BaseEstimator):
+class KNNClassScorer(LayerIndexMixin, TransformerMixin, BaseEstimator):
     """kNN score of the DNN-predicted class, per layer (Carrara et al., MTAP 2018).
 
     Fitted on the classifier's *training-set* features (the reference set)
@@ -416,15 +165,13 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     layer_sizes : FeatureLayout or "single", default=None
-        Column layout of ``X`` (the package's one rule, see
-        :func:`~sklearn_advdet._layout.check_layout`): the layout must have
-        the logits block (``FeatureLayout(sizes, has_logits=True)``); a plain
-        tuple means hidden layers only and so raises, naming the fix, as does None.
-        ``"single"`` is an explicit fallback for ``X`` without logits: all
-        columns are one hidden layer and, the DNN's prediction being unknown, the score is that of the
-        neighbours' own weighted-majority class (the kNN's confidence; ties go
-        to the first class); ``y`` may then hold any labels. The paper's
-        method needs the logits: pass the layout.
+        Column layout of ``X`` (:func:`~sklearn_advdet._layout.check_layout`):
+        it must have the logits block (``FeatureLayout(sizes,
+        has_logits=True)``); a plain tuple (hidden layers only) or None
+        raises, naming the fix. ``"single"``: ``X`` without logits, all one
+        hidden layer; the prediction being unknown, the score is that of the
+        neighbours' own weighted-majority class (ties: the first class) and
+        ``y`` may hold any labels.
     layers : "all", int, str or list of them, default=-1
         Hidden layers to score, by index or name; one output column each.
         The default, the last hidden layer, is the paper's set-up (one layer
@@ -444,39 +191,7 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         PCA dimensions, capped at the layer width and at ``n_ref - 1``.
     whiten : bool, default=True
         Whether the PCA whitens (the paper's setting).
-    backend : {"auto", "exact", "pynndescent"}, default="auto"
-        Neighbour search. ``"exact"`` is this package's brute force: one
-        GEMM per tile (at most 2^21 query x reference entries, so memory is
-        bounded whatever the reference size) screens the candidates in the
-        data's precision with a rigorous rounding-error window, and the
-        candidates are re-ranked with exact float64 distances; threads over
-        query chunks. ``"pynndescent"`` builds an approximate NN-descent graph
-        (seeded with ``random_state``) and queries it with ``k``. ``"auto"``
-        builds the pynndescent index only for reference sets of at least
-        2,000,000 samples and, when built, uses it only for query batches of
-        at least 64 rows (single queries stay exact). Measured with k=1000 on
-        this project's 2-core machine (``benchmarks/results/bench_knn.md``):
-        on the real ResNet-20 CIFAR-10 features (50,000 x 64) the exact
-        search answered 1,000 queries in 0.22-0.31 s (scikit-learn's
-        ``NearestNeighbors(algorithm="brute")``: 0.49 s) at recall 1, while
-        pynndescent took 18 s to build (plus about 26 s of numba
-        compilation once per process) and then 0.89 s for the same 1,000
-        queries: it never pays its build back. At 1,000,000 x 256
-        (synthetic clusters) the exact search took 0.5 s to build and
-        4.6 s per 1,000 queries (scikit-learn: 7.1 s) and 29 ms per single
-        query (145 ms);
-        pynndescent was not run at that size (its build grows faster than
-        linearly). The 2,000,000 threshold is therefore an extrapolation:
-        below it, "auto" is the exact search.
-    backend_params : dict, default=None
-        Extra pynndescent settings: ``"epsilon"`` (query search breadth,
-        default 0.2) and any ``NNDescent`` argument (``n_neighbors`` of the
-        graph, default 30, ``n_trees``, ...).
-    n_jobs : int, default=None
-        Threads for the exact search (over query chunks) and for the
-        pynndescent build/query.  ``None``: the exact search uses as many
-        threads as the BLAS thread pool has (limit it with
-        ``threadpoolctl.threadpool_limits``), pynndescent its own default.
+{search_params}
     random_state : int, RandomState instance or None, default=None
         Seeds the pynndescent build and a randomized PCA solver.
 
@@ -489,7 +204,7 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
     n_neighbors_ : int
         Effective ``k``: ``min(n_neighbors, n_ref)``.
     backend_ : str
-        ``"exact"`` or ``"pynndescent"``: index built in fit.
+        The backend whose index was built in fit (``"auto"`` resolved).
     classes_ : ndarray
         Class indices present in the reference set (labels, without logits).
     n_classes_ : int
@@ -505,15 +220,14 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
     Defined behaviour in corner cases:
 
     - *k larger than the reference set*: all references are used.
-    - *Ties*: neighbours are ordered by distance, then by reference index
-      (the exact backend also breaks a tie at the k-th place that way: the
-      k kept are the first k in that order), so W-kNN's ranks are
+    - *Ties*: neighbours are ordered by (distance, reference index), a tie
+      at the k-th place included (exact backend), so W-kNN's ranks are
       deterministic.
     - *Zero distance under DW-kNN*: the neighbours at distance 0 share all
       the weight.  The exact backend's distances come from float64
-      coordinate differences (pynndescent's: those small enough to be spoilt
-      by cancellation are recomputed that way), so an exact duplicate gives
-      0.
+      coordinate differences (the approximate backends': those small enough
+      to be spoilt by cancellation are recomputed that way), so an exact
+      duplicate gives 0.
     - *Predicted class absent from the reference set* (a logit column with
       no reference sample): no neighbour can vote for it, the score is 0.
     - The logits decide the predicted class only; they are never searched.
@@ -545,7 +259,7 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         "preprocessing": [StrOptions({"l2", "pca"}), None],
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "whiten": ["boolean"],
-        "backend": [StrOptions({"auto", "exact", "pynndescent"})],
+        "backend": [StrOptions(set(BACKENDS))],
         "backend_params": [dict, None],
         "n_jobs": [Integral, None],
         "random_state": ["random_state"],
@@ -578,38 +292,11 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.random_state = random_state
 
-    # ----------------------------------------------------------------- layout
-    def _resolve_layout(self, n_features):
-        if isinstance(self.layer_sizes, str) and self.layer_sizes == "single":
-            return check_layout("single", n_features)
-        return check_layout(self.layer_sizes, n_features, need_logits=True,
-                            estimator="KNNClassScorer")
-
-    def _preprocess_fit(self, Z, rng):
-        if self.preprocessing is None:
-            return None, Z
-        if self.preprocessing == "l2":
-            return "l2", _l2_normalize(Z)
-        n_comp = min(self.n_components, Z.shape[1], max(Z.shape[0] - 1, 1))
-        pca = PCA(n_components=n_comp, whiten=self.whiten, random_state=rng)
-        Zt = pca.fit_transform(Z)
-        if not np.all(np.isfinite(Zt)):
-            raise ValueError(
-                "PCA whitening produced non-finite values (a component with zero "
-                "variance in the reference set): lower n_components, use "
-                "whiten=False or preprocessing='l2'"
-            )
-        return pca, Zt.astype(Z.dtype, copy=False)
-
-    @staticmethod
-    def _preprocess_apply(pre, Z):
-        if pre is None:
-            return Z
-        if isinstance(pre, str):  # "l2"
-            return _l2_normalize(Z)
-        return pre.transform(Z).astype(Z.dtype, copy=False)
+    def _preprocess(self, Z, rng):
+        return fit_preprocessing(self.preprocessing, Z, rng, self.n_components, self.whiten)
 
     # -------------------------------------------------------------------- fit
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
         """Index the reference set (the classifier's training-set features).
 
@@ -625,9 +312,10 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         -------
         self : KNNClassScorer
         """
-        self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=False)
-        layout = self._resolve_layout(X.shape[1])
+        single = isinstance(self.layer_sizes, str) and self.layer_sizes == "single"
+        layout = check_layout(self.layer_sizes, X.shape[1], need_logits=not single,
+                              estimator="KNNClassScorer")
         if layout.has_logits:
             y = _check_class_labels(y, layout.n_logits)
             classes = np.unique(y)
@@ -640,76 +328,19 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         n_ref = X.shape[0]
         k = min(self.n_neighbors, n_ref)
         rng = check_random_state(self.random_state)
-        if self.backend == "auto":
-            backend = "pynndescent" if n_ref >= _AUTO_ANN_MIN_REF else "exact"
-        else:
-            backend = self.backend
-        preprocessors, indexes = [], []
-        for layer in layers:
-            Z = np.ascontiguousarray(X[:, layout.slice_of(layer)])
-            pre, Z = self._preprocess_fit(Z, rng)
-            Z = np.ascontiguousarray(Z)
-            if backend == "pynndescent":
-                seed = int(rng.randint(np.iinfo(np.int32).max))
-                index = _PynndescentIndex(Z, seed, self.n_jobs, self.backend_params)
-            else:
-                index = _ExactIndex(Z, self.n_jobs)
-            preprocessors.append(pre)
-            indexes.append(index)
+        preprocessors, indexes = self._index_layers(X, layout, layers, rng, self._preprocess)
         self.layout_ = layout
         self.layers_ = layers
         self.n_neighbors_ = int(k)
-        self.backend_ = backend
+        self.backend_ = indexes[0].backend
         self.classes_ = classes
         self.n_classes_ = int(n_classes)
         self.preprocessors_ = preprocessors
         self.ref_labels_ = y
         self._indexes = indexes
-        if self.backend == "auto" and backend == "pynndescent":
-            self._exact_fallback = [_ExactIndex(ix.data, self.n_jobs) for ix in indexes]
-        else:
-            self._exact_fallback = None
         return self
 
     # ------------------------------------------------------------- transform
-    def kneighbors(self, X, layer=None):
-        """Nearest reference samples of each row of ``X`` in one scored layer.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        layer : int or str, default=None
-            A hidden layer among the scored ones (default: the first scored).
-
-        Returns
-        -------
-        distances : ndarray of shape (n_samples, `n_neighbors_`)
-        indices : ndarray of shape (n_samples, `n_neighbors_`)
-            Reference row indices, ordered by (distance, index).
-        """
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        pos = 0
-        if layer is not None:
-            li = self.layout_._block_index(layer)
-            if li not in self.layers_:
-                raise ValueError(
-                    f"layer {layer!r} is not scored by this fitted scorer "
-                    f"(layers_={self.layers_}): refit with it in `layers`"
-                )
-            pos = self.layers_.index(li)
-        idx, dist = self._query(X, pos)
-        return dist, idx
-
-    def _query(self, X, pos):
-        layer = self.layers_[pos]
-        Z = np.ascontiguousarray(X[:, self.layout_.slice_of(layer)])
-        Z = np.ascontiguousarray(self._preprocess_apply(self.preprocessors_[pos], Z))
-        index = self._indexes[pos]
-        if self._exact_fallback is not None and Z.shape[0] < _AUTO_ANN_MIN_QUERIES:
-            index = self._exact_fallback[pos]
-        return index.query(Z, self.n_neighbors_)
-
     def transform(self, X):
         """Score the DNN-predicted class of every row in every selected layer.
 
@@ -731,7 +362,7 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         if self.layout_.has_logits:
             predicted = np.argmax(X[:, self.layout_.logits_slice], axis=1)
         for pos in range(len(self.layers_)):
-            idx, dist = self._query(X, pos)
+            dist, idx = self._query(X, pos)
             if self.layout_.has_logits:
                 out[:, pos] = knn_class_scores(
                     self.ref_labels_[idx], dist, predicted, self.weights
@@ -746,166 +377,16 @@ class KNNClassScorer(TransformerMixin, BaseEstimator):
         """``knn_score_<layer name>`` for every scored layer."""
         check_is_fitted(self)
         names = self.layout_.layer_names
-        return np.asarray(
-            [f"knn_score_{names[i]}" for i in self.layers_], dtype=object
-        )
+        return np.asarray([f"knn_score_{names[i]}" for i in self.layers_], dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
-        tags.non_deterministic = self.backend == "pynndescent"
+        tags.non_deterministic = not deterministic_backend(self.backend, self.backend_params)
         return tags
 
 
-def _l2_normalize(Z):
-    norms = np.sqrt(np.einsum("ij,ij->i", Z, Z, dtype=np.float64))
-    norms[norms == 0] = 1.0
-    return (Z / norms[:, None]).astype(Z.dtype, copy=False)
-
-
-# ------------------------------------------------------------ threshold detector
-class ScoreThresholdDetector(ClassifierMixin, BaseEstimator):
-    """Adversarial / authentic decision by thresholding one score column.
-
-    ``decision_function`` is higher for "more likely adversarial": with
-    ``direction="low"`` (kNN class scores, where a low score means "do not
-    trust the prediction") it is ``-score - threshold_``, with
-    ``direction="high"`` it is ``score - threshold_``; ``predict`` says
-    adversarial (the larger class label, normally 1) where the signed score
-    is ``>= threshold_``.
-    The threshold is chosen on the data given to ``fit`` (validation data):
-    at the equal-error rate (:func:`sklearn_advdet.metrics.eer_threshold`) or
-    at the lowest threshold whose false-positive rate on the authentic rows
-    does not exceed ``target_fpr``.
-
-    No ``predict_proba``: a thresholded score is not a probability; wrap the
-    detector in ``CalibratedClassifierCV`` (it uses ``decision_function``) if
-    probabilities are needed.
-
-    Parameters
-    ----------
-    column : int, default=0
-        Column of ``X`` holding the score (e.g. one layer of
-        :class:`KNNClassScorer`'s output).
-    direction : {"low", "high"}, default="low"
-        Whether a low (kNN class scores) or a high score means adversarial.
-    method : {"eer", "fpr"}, default="eer"
-        How the threshold is chosen.
-    target_fpr : float, default=0.05
-        Largest allowed false-positive rate on the authentic rows of the fit
-        data, for ``method="fpr"``.
-
-    Attributes
-    ----------
-    threshold_ : float
-        Threshold on the signed score (``-score`` for ``direction="low"``).
-    classes_ : ndarray of shape (2,)
-        ``[authentic, adversarial]`` labels (sorted; normally ``[0, 1]``).
-    n_features_in_ : int
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn_advdet import ScoreThresholdDetector
-    >>> scores = np.array([[0.9], [0.8], [0.7], [0.2], [0.3], [0.75]])
-    >>> y = np.array([0, 0, 0, 1, 1, 1])
-    >>> det = ScoreThresholdDetector().fit(scores, y)
-    >>> det.threshold_
-    -0.7
-    >>> det.predict([[0.1], [0.95]])
-    array([1, 0])
-    """
-
-    _parameter_constraints = {
-        "column": [Interval(Integral, 0, None, closed="left")],
-        "direction": [StrOptions({"low", "high"})],
-        "method": [StrOptions({"eer", "fpr"})],
-        "target_fpr": [Interval(Real, 0, 1, closed="both")],
-    }
-
-    def __init__(self, column=0, direction="low", method="eer", target_fpr=0.05):
-        self.column = column
-        self.direction = direction
-        self.method = method
-        self.target_fpr = target_fpr
-
-    def _signed(self, X):
-        if self.column >= X.shape[1]:
-            raise ValueError(
-                f"column={self.column} but X has {X.shape[1]} column(s): pick the "
-                "score column to threshold"
-            )
-        s = X[:, self.column].astype(np.float64)
-        return -s if self.direction == "low" else s
-
-    def fit(self, X, y):
-        """Choose the threshold on validation scores ``X`` with labels ``y``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_scores)
-        y : array-like of shape (n_samples,)
-            Two classes; the larger label is "adversarial".
-
-        Returns
-        -------
-        self : ScoreThresholdDetector
-        """
-        from .metrics import eer_threshold
-
-        self._validate_params()
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-        target_type = type_of_target(y, input_name="y", raise_unknown=True)
-        classes = np.unique(y)
-        if classes.size < 2:
-            raise ValueError(
-                "y holds 1 class: ScoreThresholdDetector needs both authentic and "
-                "adversarial rows to choose its threshold"
-            )
-        if target_type != "binary":
-            raise ValueError(
-                "Only binary classification is supported. The type of the target "
-                f"is {target_type}: y must hold exactly two classes (authentic, "
-                "adversarial)"
-            )
-        s = self._signed(X)
-        y01 = (y == classes[1]).astype(int)
-        if self.method == "eer":
-            threshold = eer_threshold(y01, s)[0]
-        else:
-            s0 = np.sort(s[y01 == 0])[::-1]
-            m = int(np.floor(self.target_fpr * s0.size + 1e-9))
-            if m >= s0.size:
-                threshold = float(s.min())
-            else:
-                # strictly above the (m+1)-th largest authentic score: at most
-                # m authentic rows reach the threshold
-                threshold = float(np.nextafter(s0[m], np.inf))
-        self.threshold_ = float(threshold)
-        self.classes_ = classes
-        return self
-
-    def decision_function(self, X):
-        """Signed score minus threshold: ``> 0`` means adversarial.
-
-        The threshold is inclusive (signed score ``>= threshold_`` is
-        adversarial), so the value subtracted is the float just below
-        ``threshold_``: a score exactly at the threshold gives a tiny
-        positive value, as scikit-learn's ``decision_function > 0`` rule needs.
-        """
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        return self._signed(X) - np.nextafter(self.threshold_, -np.inf)
-
-    def predict(self, X):
-        """Class label: ``classes_[1]`` (adversarial) where the score reaches the threshold."""
-        d = self.decision_function(X)
-        return self.classes_[(d > 0).astype(int)]
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
-        return tags
+KNNClassScorer.__doc__ = KNNClassScorer.__doc__.replace("{search_params}\n", SEARCH_PARAMS_DOC)
 
 
 # ----------------------------------------------------------------- evaluation
@@ -963,7 +444,7 @@ def knn_evaluation(scores, y, attack, *, correct=None, layer_names=None, directi
     >>> r["natural_errors_caught"], r["correct_flagged"]
     (1.0, 0.0)
     """
-    from .metrics import eer_accuracy, eer_accuracy_per_attack, eer_threshold
+    from .metrics import eer_accuracy_per_attack, eer_threshold
 
     S = np.asarray(scores, dtype=np.float64)
     if S.ndim == 1:
@@ -981,9 +462,7 @@ def knn_evaluation(scores, y, attack, *, correct=None, layer_names=None, directi
         layer_names = [f"layer{i}" for i in range(S.shape[1])]
     layer_names = [str(n) for n in layer_names]
     if len(layer_names) != S.shape[1]:
-        raise ValueError(
-            f"got {len(layer_names)} layer names for {S.shape[1]} score columns"
-        )
+        raise ValueError(f"got {len(layer_names)} layer names for {S.shape[1]} score columns")
     sign = -1.0 if direction == "low" else 1.0
     authentic = y == 0
     if correct is not None:
@@ -1001,20 +480,22 @@ def knn_evaluation(scores, y, attack, *, correct=None, layer_names=None, directi
             "threshold": float(sign * t),
         }
         if correct is not None:
-            flagged = s >= t
-            res["n_natural_errors"] = int(natural.sum())
-            res["natural_errors_caught"] = (
-                float(flagged[natural].mean()) if natural.any() else float("nan")
-            )
-            res["correct_flagged"] = (
-                float(flagged[good].mean()) if good.any() else float("nan")
-            )
-            if natural.any() and good.any():
-                sub = natural | good
-                res["natural_error_eer_accuracy"] = eer_accuracy(
-                    natural[sub].astype(int), s[sub]
-                )
-            else:
-                res["natural_error_eer_accuracy"] = float("nan")
+            res.update(_natural_error_figures(s, s >= t, natural, good))
         out[name] = res
     return out
+
+
+def _natural_error_figures(s, flagged, natural, good):
+    """knn_evaluation's natural-error entries for one signed score column."""
+    from .metrics import eer_accuracy
+
+    nan, sub = float("nan"), natural | good
+    return {
+        "n_natural_errors": int(natural.sum()),
+        "natural_errors_caught": float(flagged[natural].mean()) if natural.any() else nan,
+        "correct_flagged": float(flagged[good].mean()) if good.any() else nan,
+        "natural_error_eer_accuracy": (
+            eer_accuracy(natural[sub].astype(int), s[sub])
+            if natural.any() and good.any() else nan
+        ),
+    }

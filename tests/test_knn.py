@@ -12,6 +12,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_advdet import FeatureLayout, KNNClassScorer, ScoreThresholdDetector
 from sklearn_advdet import knn as knnmod
+from sklearn_advdet.search import _base as search_base
 from sklearn_advdet import metrics
 
 
@@ -175,7 +176,7 @@ def test_layer_selection_names_and_feature_names(two_layer_data):
     np.testing.assert_array_equal(last.transform(q)[:, 0], full.transform(q)[:, 1])
     by_name = KNNClassScorer(layout, layers="conv", n_neighbors=5).fit(ref, yref)
     np.testing.assert_array_equal(by_name.transform(q)[:, 0], full.transform(q)[:, 0])
-    with pytest.raises(ValueError, match="not scored"):
+    with pytest.raises(ValueError, match="not used by this fitted KNNClassScorer"):
         last.kneighbors(q, layer="conv")
 
 
@@ -244,10 +245,10 @@ def test_pynndescent_recall_and_auto_rule(monkeypatch):
     assert auto.backend_ == "exact"
     np.testing.assert_array_equal(auto.transform(q), exact.transform(q))
     # above the size rule -> pynndescent for batches, exact for small batches
-    monkeypatch.setattr(knnmod, "_AUTO_ANN_MIN_REF", 1000)
+    monkeypatch.setattr(search_base, "_AUTO_ANN_MIN_REF", 1000)
     auto = KNNClassScorer(_lay(16, 10), n_neighbors=k, random_state=0).fit(ref, lab)
     assert auto.backend_ == "pynndescent"
-    small = q[: knnmod._AUTO_ANN_MIN_QUERIES - 1]
+    small = q[: search_base._AUTO_ANN_MIN_QUERIES - 1]
     np.testing.assert_array_equal(auto.kneighbors(small)[1], exact.kneighbors(small)[1])
     _, i_auto = auto.kneighbors(q)
     assert np.mean([np.intersect1d(a, b).size / k for a, b in zip(i_auto, i_e)]) >= 0.99
@@ -479,105 +480,3 @@ def test_knn_evaluation_matches_direct_computation(detection_problem):
     assert "natural_errors_caught" not in r
     with pytest.raises(ValueError, match="layer names"):
         knnmod.knn_evaluation(S, y, attack, layer_names=["a"])
-
-
-def test_tie_reranking_row_is_exact():
-    # the per-row re-ranking used when sklearn's k-th and (k+1)-th distances tie
-    rng = np.random.RandomState(8)
-    R = rng.normal(size=(3000, 24)).astype(np.float32)
-    R[100:110] = R[5]  # exact duplicates: a tie block
-    sq = np.einsum("ij,ij->i", R, R, dtype=np.float64)
-    for q, k in [(R[5], 4), (R[5], 11), (R[7] + 0.01, 50)]:
-        idx, dist = knnmod._exact_row(q, R, sq, k)
-        D = cdist(q[None].astype(np.float64), R.astype(np.float64))[0]
-        want = np.lexsort((np.arange(D.size), D))[:k]
-        np.testing.assert_array_equal(idx, want)
-        np.testing.assert_allclose(dist, D[want], rtol=1e-12)
-
-
-def _brute_knn(Q, R, k):
-    """k nearest by (float64 distance from differences, reference index)."""
-    D = cdist(np.asarray(Q, dtype=np.float64), np.asarray(R, dtype=np.float64))
-    order = np.array([np.lexsort((np.arange(D.shape[1]), row))[:k] for row in D])
-    return order, np.take_along_axis(D, order, axis=1)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n_jobs", [None, 2])
-@pytest.mark.parametrize("k", [1, 7, 60, 700])
-@pytest.mark.parametrize("offset", [0.0, 500.0])
-def test_exact_index_matches_brute_force_across_blocks(monkeypatch, dtype, n_jobs, k, offset):
-    # tiny screening tiles: many reference blocks merged per query chunk and
-    # several query chunks on threads; clustered data near the origin or far
-    # from it (screened as a centred copy) with duplicates and a query that
-    # is a reference row (zero distance)
-    monkeypatch.setattr(knnmod, "_SCREEN_ENTRIES", 2048)
-    monkeypatch.setattr(knnmod, "_QUERY_CHUNK", 16)
-    rng = np.random.RandomState(k)
-    centres = rng.normal(scale=3.0, size=(5, 12))
-    R = (offset + centres[rng.randint(5, size=700)] + rng.normal(size=(700, 12))).astype(dtype)
-    R[600:640] = R[3]  # a block of duplicates
-    Q = (offset + centres[rng.randint(5, size=45)] + rng.normal(size=(45, 12))).astype(dtype)
-    Q[0], Q[1] = R[3], R[10]
-    index = knnmod._ExactIndex(R, n_jobs)
-    assert (index._shift is None) == (offset == 0.0)
-    idx, dist = index.query(Q, k)
-    want_idx, want_dist = _brute_knn(Q, R, k)
-    np.testing.assert_array_equal(idx, want_idx)
-    np.testing.assert_allclose(dist, want_dist, rtol=1e-12, atol=0)
-    assert np.all(dist[0, :41] == 0.0) if k >= 41 else np.all(dist[0] == 0.0)
-
-
-def test_exact_index_ties_beyond_the_margin_fall_back_to_a_full_scan(monkeypatch):
-    # 300 references at exactly the same distance from the query straddle
-    # the k-th place: more ties than the screening margin keeps, so that
-    # query is redone by the full exact scan; the answer is still (distance,
-    # index) order
-    calls = []
-    original = knnmod._exact_row
-
-    def spy(q, R, sq, k):
-        calls.append(k)
-        return original(q, R, sq, k)
-
-    monkeypatch.setattr(knnmod, "_exact_row", spy)
-    rng = np.random.RandomState(3)
-    R = rng.normal(size=(2000, 8)) * 10 + 40
-    R[[50, 1900]] = 0.0  # two at distance 0 from the query
-    ring = rng.permutation(np.arange(100, 1800))[:300]
-    R[ring] = 0.0
-    R[ring, rng.randint(8, size=300)] = rng.choice([-1.0, 1.0], size=300)  # all at distance 1
-    Q = np.zeros((3, 8))
-    Q[1:] = rng.normal(size=(2, 8)) * 10 + 40  # ordinary queries: no fallback
-    index = knnmod._ExactIndex(R)
-    idx, dist = index.query(Q, 40)
-    want_idx, want_dist = _brute_knn(Q, R, 40)
-    np.testing.assert_array_equal(idx, want_idx)
-    np.testing.assert_allclose(dist, want_dist, rtol=1e-12)
-    assert calls == [40]  # only the query whose window overflowed
-
-
-def test_exact_index_far_from_the_origin_needs_no_full_scans(monkeypatch):
-    # features whose mean dwarfs their spread: screened uncentred, the
-    # rounding window would hold every reference and each query would fall
-    # back to a full exact scan; the centred screening copy keeps it narrow
-    calls = []
-    original = knnmod._exact_row
-    monkeypatch.setattr(
-        knnmod, "_exact_row", lambda *a: calls.append(1) or original(*a)
-    )
-    rng = np.random.RandomState(5)
-    centres = rng.normal(scale=2.0, size=(10, 32))
-    R = (300.0 + centres[rng.randint(10, size=5000)] + rng.normal(size=(5000, 32))).astype(np.float32)
-    Q = (300.0 + centres[rng.randint(10, size=20)] + rng.normal(size=(20, 32))).astype(np.float32)
-    index = knnmod._ExactIndex(R)
-    idx, dist = index.query(Q, 200)
-    want_idx, want_dist = _brute_knn(Q, R, 200)
-    np.testing.assert_array_equal(idx, want_idx)
-    np.testing.assert_allclose(dist, want_dist, rtol=1e-12)
-    assert calls == []
-    # without the centred copy the same queries all need the full scan
-    monkeypatch.setattr(knnmod, "_CENTRE_RATIO", np.inf)
-    idx2, _ = knnmod._ExactIndex(R).query(Q, 200)
-    np.testing.assert_array_equal(idx2, want_idx)
-    assert len(calls) == len(Q)

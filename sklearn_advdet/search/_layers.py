@@ -1,0 +1,116 @@
+"""Per-hooked-layer reference indexes, shared by the estimators that search.
+
+:class:`LayerIndexMixin` gives an estimator one index per selected hidden
+layer of ``X`` (through :func:`~sklearn_advdet.search.make_index`, with an
+optional per-layer preprocessing fitted on the references), the public
+``kneighbors`` and the per-layer query; :class:`~sklearn_advdet.KNNClassScorer`
+and :class:`~sklearn_advdet.LIDScorer` use it, so both search the same way.
+"""
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._base import make_index
+
+__all__ = ["LayerIndexMixin", "fit_preprocessing", "apply_preprocessing"]
+
+
+def l2_normalize(Z):
+    """Rows scaled to unit Euclidean norm (zero rows stay zero), dtype kept."""
+    norms = np.sqrt(np.einsum("ij,ij->i", Z, Z, dtype=np.float64))
+    norms[norms == 0] = 1.0
+    return (Z / norms[:, None]).astype(Z.dtype, copy=False)
+
+
+def fit_preprocessing(kind, Z, rng, n_components=256, whiten=True):
+    """Fit ``kind`` (None, "l2" or "pca") on reference rows: ``(state, Z transformed)``."""
+    if kind is None:
+        return None, Z
+    if kind == "l2":
+        return "l2", l2_normalize(Z)
+    n_comp = min(n_components, Z.shape[1], max(Z.shape[0] - 1, 1))
+    pca = PCA(n_components=n_comp, whiten=whiten, random_state=rng)
+    Zt = pca.fit_transform(Z)
+    if not np.all(np.isfinite(Zt)):
+        raise ValueError(
+            "PCA whitening produced non-finite values (a component with zero "
+            "variance in the reference set): lower n_components, use "
+            "whiten=False or preprocessing='l2'"
+        )
+    return pca, Zt.astype(Z.dtype, copy=False)
+
+
+def apply_preprocessing(state, Z):
+    """Apply a state returned by :func:`fit_preprocessing` to query rows."""
+    if state is None:
+        return Z
+    if isinstance(state, str):  # "l2"
+        return l2_normalize(Z)
+    return state.transform(Z).astype(Z.dtype, copy=False)
+
+
+class LayerIndexMixin:
+    """One k-NN index per selected hidden layer.
+
+    The estimator provides the parameters ``backend``, ``backend_params``,
+    ``n_jobs`` and sets, in ``fit``, ``layout_``, ``layers_``,
+    ``n_neighbors_``, ``preprocessors_`` and ``_indexes`` (the last two from
+    :meth:`_index_layers`).
+    """
+
+    def _index_layers(self, X, layout, layers, rng, preprocess=None):
+        """``(preprocessors, indexes)`` of the hidden layers ``layers`` of ``X``.
+
+        ``preprocess(Z, rng) -> (state, Z)`` is fitted on each layer's
+        reference block before it is indexed (none when None).
+        """
+        preprocessors, indexes = [], []
+        for layer in layers:
+            Z = np.ascontiguousarray(X[:, layout.slice_of(layer)])
+            state = None
+            if preprocess is not None:
+                state, Z = preprocess(Z, rng)
+            indexes.append(make_index(
+                self.backend, np.ascontiguousarray(Z), n_jobs=self.n_jobs,
+                random_state=rng, params=self.backend_params,
+            ))
+            preprocessors.append(state)
+        return preprocessors, indexes
+
+    def _layer_position(self, layer):
+        """Position in ``layers_`` of a hidden layer given by index or name."""
+        if layer is None:
+            return 0
+        li = self.layout_._block_index(layer)
+        if li not in self.layers_:
+            raise ValueError(
+                f"layer {layer!r} is not used by this fitted {type(self).__name__} "
+                f"(layers_={self.layers_}): refit with it in `layers`"
+            )
+        return self.layers_.index(li)
+
+    def _query(self, X, pos, k=None):
+        """``(distances, indices)`` of validated rows ``X`` in the layer at ``pos``."""
+        Z = np.ascontiguousarray(X[:, self.layout_.slice_of(self.layers_[pos])])
+        Z = np.ascontiguousarray(apply_preprocessing(self.preprocessors_[pos], Z))
+        return self._indexes[pos].query(Z, self.n_neighbors_ if k is None else k)
+
+    def kneighbors(self, X, layer=None):
+        """Nearest reference samples of each row of ``X`` in one used layer.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        layer : int or str, default=None
+            A hidden layer among ``layers_`` (default: the first of them).
+
+        Returns
+        -------
+        distances : ndarray of shape (n_samples, `n_neighbors_`)
+        indices : ndarray of shape (n_samples, `n_neighbors_`)
+            Reference row indices, ordered by (distance, index).
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return self._query(X, self._layer_position(layer))
