@@ -25,7 +25,7 @@ _EXPORTS = {
     "make_detector": ".recipes",
     "heldout_log_likelihood_scorer": ".authentic",
     "natural_error_report": ".authentic",
-    "ScoreThresholdDetector": ".knn",
+    "ScoreThresholdDetector": ".thresholds",
     "load_digits_detection": ".deep.digits_detection",
     "load_feature_store": ".datasets",
     "get_data_home": ".datasets",
