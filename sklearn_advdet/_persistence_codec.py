@@ -285,7 +285,13 @@ class Decoder:
         if bool(node.get("hook")) != full:
             raise PersistenceError(f"{where}: {node['class']} entry has the wrong form")
         if full:
-            obj = hook.load(cls, node["state"], self, where)
+            try:
+                obj = hook.load(cls, node["state"], self, where)
+            except PersistenceError:
+                raise
+            except Exception as exc:  # the rebuild of an allowed class failed
+                raise PersistenceError(f"{where}: cannot rebuild {node['class']} "
+                                       f"({type(exc).__name__}: {exc})") from None
             self._objects[number] = obj
             return obj
         obj = cls.__new__(cls)

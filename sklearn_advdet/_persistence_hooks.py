@@ -13,6 +13,8 @@
 import inspect
 import warnings
 
+import numpy as np
+
 from ._persistence_codec import PersistenceError, class_path
 
 __all__ = ["HOOKS_BY_PATH", "hook_for_class"]
@@ -173,7 +175,7 @@ class _PynndescentIndex(_ArgsIndex):
             params = {"epsilon": float(obj.epsilon)}
             for key in self._KEYS:
                 value = getattr(obj.index, key, None)
-                if _plain(value) or hasattr(value, "item"):
+                if value is not None and (_plain(value) or hasattr(value, "item")):
                     params[key] = value
             return params
         return getattr(obj, name)
@@ -197,9 +199,71 @@ class _HistGradientBoosting(_Hook):
         obj._loss = obj._get_loss(sample_weight=None)
 
 
+class _SklearnTree(_Hook):
+    """``sklearn.tree._tree.Tree`` (Cython): its constructor arguments and the
+    node/value arrays of its own ``__reduce__``; on load the node links are
+    checked before ``__setstate__`` so that no prediction reads out of bounds."""
+
+    full = True
+
+    def dump(self, tree, enc, where):
+        _, args, state = tree.__reduce__()
+        n_features, n_classes, n_outputs = args
+        return {"n_features": enc.encode(int(n_features), where),
+                "n_classes": enc.encode(np.asarray(n_classes, dtype=np.intp), where),
+                "n_outputs": enc.encode(int(n_outputs), where),
+                "state": enc.encode(dict(state), f"{where}.state")}
+
+    def load(self, cls, state, dec, where):
+        n_features = dec.decode(state["n_features"], where)
+        n_classes = np.asarray(dec.decode(state["n_classes"], where), dtype=np.intp)
+        n_outputs = dec.decode(state["n_outputs"], where)
+        tree_state = dec.decode(state["state"], f"{where}.state")
+        nodes = tree_state["nodes"]
+        _check_links(nodes, "left_child", "right_child", "feature", n_features,
+                     int(tree_state["node_count"]), where)
+        if tree_state["values"].shape[0] != len(nodes):
+            raise PersistenceError(f"{where}: tree values do not match its nodes")
+        tree = cls(int(n_features), n_classes, int(n_outputs))
+        tree.__setstate__(tree_state)
+        return tree
+
+
+class _TreePredictor(_Hook):
+    """HistGradientBoosting's trees: node links checked on load."""
+
+    def after_load(self, obj):
+        nodes = obj.nodes
+        if not isinstance(nodes, np.ndarray) or nodes.dtype.names is None:
+            raise PersistenceError("TreePredictor nodes are not a structured array")
+        inner = ~nodes["is_leaf"].astype(bool)
+        n = len(nodes)
+        for field in ("left", "right"):
+            child = nodes[field][inner].astype(np.int64)
+            if np.any(child <= np.flatnonzero(inner)) or np.any(child >= n):
+                raise PersistenceError(f"TreePredictor: {field} links out of range")
+
+
+def _check_links(nodes, left, right, feature, n_features, node_count, where):
+    if not isinstance(nodes, np.ndarray) or nodes.dtype.names is None or \
+            len(nodes) != node_count:
+        raise PersistenceError(f"{where}: malformed tree nodes")
+    idx = np.arange(len(nodes))
+    for field in (left, right):
+        child = nodes[field].astype(np.int64)
+        leaf = child == -1
+        if np.any(~leaf & ((child <= idx) | (child >= node_count))):
+            raise PersistenceError(f"{where}: tree node links out of range")
+    feat = nodes[feature].astype(np.int64)
+    if np.any((feat >= n_features) | (feat < -2)):
+        raise PersistenceError(f"{where}: tree node features out of range")
+
+
 HOOKS_BY_PATH = {
     "sklearn.ensemble._hist_gradient_boosting.gradient_boosting."
     "HistGradientBoostingClassifier": _HistGradientBoosting(),
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor": _TreePredictor(),
+    "sklearn.tree._tree.Tree": _SklearnTree(),
 }
 SKORCH_NETS = (
     "skorch.classifier.NeuralNetBinaryClassifier",
@@ -209,7 +273,9 @@ SKORCH_NETS = (
 )
 _INDEX_SIGNATURES = {
     # class name in sklearn_advdet -> (constructor arguments, hook class)
+    "ExactIndex": (("data", "n_jobs"), _ArgsIndex),
     "_ExactIndex": (("data", "n_jobs"), _ArgsIndex),
+    "PynndescentIndex": (("data", "random_state", "n_jobs", "params"), _PynndescentIndex),
     "_PynndescentIndex": (("data", "random_state", "n_jobs", "params"), _PynndescentIndex),
 }
 

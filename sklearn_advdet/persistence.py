@@ -63,6 +63,7 @@ _MAX_MANIFEST_BYTES = 64 * 2**20
 #: scikit-learn classes a saved estimator may contain (exact import paths).
 SKLEARN_CLASSES = frozenset({
     "sklearn.pipeline.Pipeline",
+    "sklearn.pipeline.FeatureUnion",
     "sklearn.frozen._frozen.FrozenEstimator",
     "sklearn.preprocessing._data.StandardScaler",
     "sklearn.preprocessing._data.MinMaxScaler",
@@ -75,6 +76,10 @@ SKLEARN_CLASSES = frozenset({
     "HistGradientBoostingClassifier",
     "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.mixture._gaussian_mixture.GaussianMixture",
+    "sklearn.ensemble._iforest.IsolationForest",
+    "sklearn.tree._classes.ExtraTreeRegressor",
+    "sklearn.tree._tree.Tree",
     "sklearn.covariance._empirical_covariance.EmpiricalCovariance",
     "sklearn.covariance._shrunk_covariance.LedoitWolf",
     "sklearn.covariance._shrunk_covariance.OAS",
