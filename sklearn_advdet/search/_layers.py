@@ -55,8 +55,8 @@ class LayerIndexMixin:
 
     The estimator provides the parameters ``backend``, ``backend_params``,
     ``n_jobs`` and sets, in ``fit``, ``layout_``, ``layers_``,
-    ``n_neighbors_``, ``preprocessors_`` and ``_indexes`` (the last two from
-    :meth:`_index_layers`).
+    ``n_neighbors_`` and ``_indexes`` (from :meth:`_index_layers`), and
+    ``preprocessors_`` when it preprocesses the layers.
     """
 
     def _index_layers(self, X, layout, layers, rng, preprocess=None):
@@ -93,7 +93,9 @@ class LayerIndexMixin:
     def _query(self, X, pos, k=None):
         """``(distances, indices)`` of validated rows ``X`` in the layer at ``pos``."""
         Z = np.ascontiguousarray(X[:, self.layout_.slice_of(self.layers_[pos])])
-        Z = np.ascontiguousarray(apply_preprocessing(self.preprocessors_[pos], Z))
+        states = getattr(self, "preprocessors_", None)
+        if states is not None:
+            Z = np.ascontiguousarray(apply_preprocessing(states[pos], Z))
         return self._indexes[pos].query(Z, self.n_neighbors_ if k is None else k)
 
     def kneighbors(self, X, layer=None):
