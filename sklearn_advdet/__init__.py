@@ -20,6 +20,7 @@ _EXPORTS = {
     "balanced_sample_weight": ".sample_weights",
     "KNNClassScorer": ".knn",
     "LayerSequenceUnion": ".features.sequence",
+    "LIDScorer": ".features.lid",
     "LogitFeatures": ".features.logit",
     "MahalanobisScorer": ".features.mahalanobis",
     "make_detector": ".recipes",
