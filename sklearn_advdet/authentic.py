@@ -395,12 +395,17 @@ def heldout_log_likelihood_scorer(estimator, X, y=None):
     Parameters
     ----------
     estimator : fitted estimator with ``score_samples``
+        The detector, or a Pipeline ending in one.
     X : array-like of shape (n_samples, n_features)
+        Held-out rows.
     y : array-like of shape (n_samples,), default=None
+        Detection labels; the rows with ``y = 1`` are left out. ``None``
+        scores every row.
 
     Returns
     -------
     score : float
+        Mean score of the authentic rows (higher = better fit).
 
     Examples
     --------
@@ -434,7 +439,8 @@ def natural_error_report(detector, X, true_class, pred_class):
 
     Parameters
     ----------
-    detector : fitted estimator with ``predict`` (1 = adversarial)
+    detector : fitted estimator with ``predict``
+        Any detector of the package (``predict`` gives 1 = adversarial).
     X : array-like of shape (n_samples, n_features)
         Authentic rows, as the detector takes them.
     true_class, pred_class : array-like of shape (n_samples,)
