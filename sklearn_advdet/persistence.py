@@ -5,7 +5,9 @@ holding ``manifest.json`` -- the versions, the user's metadata and the
 estimator as a JSON tree -- and ``arrays/<n>.npy`` members (stored, not
 compressed) read back with ``numpy.load(allow_pickle=False)``.  ``load(path)``
 rebuilds every object as ``cls.__new__(cls)`` plus its stored attributes,
-and only for the classes of :func:`supported_types`; a file naming any other
+and only for the classes of :func:`supported_types` (the allow-list is
+checked on the class's name before its module is imported; this package's
+own classes must be estimators or :data:`OWN_HELPERS`, without a finaliser); a file naming any other
 class, holding a pickle, a member outside that layout (``../x``, absolute
 paths), or damaged or truncated, is refused with a :class:`PersistenceError`
 before anything of it is used.  Unlike :mod:`pickle` / :mod:`joblib`, a file
@@ -52,7 +54,7 @@ from ._persistence_codec import Decoder, Encoder, PersistenceError, class_path
 from ._persistence_hooks import SKORCH_NETS, hook_for_class
 
 __all__ = ["save", "load", "is_model_file", "supported_types", "PersistenceError",
-           "SKLEARN_CLASSES", "FORMAT"]
+           "SKLEARN_CLASSES", "OWN_HELPERS", "FORMAT"]
 
 FORMAT = "sklearn_advdet.model"
 FORMAT_VERSION = 1
@@ -105,6 +107,29 @@ def _own_class_path(path):
         not parts[-1].startswith("__")
 
 
+# helper objects (not estimators) of this package that fitted estimators hold
+OWN_HELPERS = frozenset({
+    "sklearn_advdet._layout.FeatureLayout",
+    "sklearn_advdet.search.exact.ExactIndex",
+    "sklearn_advdet.search.exact._ExactIndex",
+    "sklearn_advdet.search.pynndescent.PynndescentIndex",
+    "sklearn_advdet.search._base._AutoIndex",
+    "sklearn_advdet.knn._ExactIndex",
+    "sklearn_advdet.knn._PynndescentIndex",
+    "sklearn_advdet._density.DensityModel",
+})
+
+
+def _own_class_allowed(cls):
+    """Own classes: estimators and the listed helpers, none with a finaliser
+    (a ``__del__`` could act on attributes a crafted file sets)."""
+    from sklearn.base import BaseEstimator
+
+    if any("__del__" in vars(k) for k in cls.__mro__[:-1]):
+        return False
+    return issubclass(cls, BaseEstimator) or class_path(cls) in OWN_HELPERS
+
+
 def _allowed_path(path):
     return isinstance(path, str) and (
         path in SKLEARN_CLASSES or path in SKORCH_NETS or _own_class_path(path))
@@ -113,8 +138,8 @@ def _allowed_path(path):
 def supported_types():
     """The import paths a saved file may name (this package's own classes as a
     pattern), sorted."""
-    return sorted(SKLEARN_CLASSES | set(SKORCH_NETS)) + [
-        "sklearn_advdet.<module>.<Class> (estimators and helpers of the "
+    return sorted(SKLEARN_CLASSES | set(SKORCH_NETS) | OWN_HELPERS) + [
+        "sklearn_advdet.<module>.<Estimator> (every scikit-learn estimator of the "
         "numpy/scikit-learn side; not deep/, experiments/, cli/)"]
 
 
@@ -154,6 +179,10 @@ class _Policy:
         if not isinstance(cls, type) or class_path(cls) != path:
             raise PersistenceError(f"{where}: {path} is not a class of that module "
                                    "(saved with another version?)")
+        if path.startswith("sklearn_advdet.") and not _own_class_allowed(cls):
+            raise PersistenceError(
+                f"{where}: type {path} is not supported by sklearn_advdet.persistence "
+                "(only the package's estimators and persistence.OWN_HELPERS)")
         return cls
 
     def map_device(self, device):

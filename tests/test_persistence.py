@@ -303,7 +303,9 @@ def test_unknown_class_is_refused_before_import(tmp_path, monkeypatch):
     for cls in ("advdet_evil_mod.Evil", "os.system", "builtins.eval",
                 "sklearn_advdet.deep.models.CifarResNet", "sklearn_advdet.cli.main",
                 "sklearn.preprocessing._function_transformer.FunctionTransformer",
-                "sklearn_advdet.knn.np", "sklearn_advdet.__builtins__"):
+                "sklearn_advdet.knn.np", "sklearn_advdet.__builtins__",
+                "sklearn_advdet.evaluation.report.DetectionReport",  # not an estimator
+                "sklearn_advdet.evaluation.splitters.LeaveOneAttackOut"):
         path = _write_zip(tmp_path / "c.advdet", [("manifest.json", _manifest(
             {"$": "object", "class": cls, "id": 0, "state": {}}))])
         with pytest.raises(PersistenceError):
