@@ -402,3 +402,29 @@ _MULTICLASS_Y = "passes y with labels 0, 1, 2 or strings; a detector's y holds 0
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+# ------------------------------------------------------------------- extras
+def test_singular_empirical_covariance_names_the_fix():
+    X = _authentic(40, seed=33)
+    X = np.hstack([X, X[:, :1] * 2.0])  # a column that is a multiple of another
+    with pytest.raises(ValueError, match="singular.*covariance='ledoit_wolf' or 'oas'"):
+        AuthenticDensityDetector(covariance="empirical", target_fpr=0.2).fit(X)
+    AuthenticDensityDetector(covariance="ledoit_wolf", target_fpr=0.2).fit(X)
+
+
+def test_weighted_score_and_pipeline_score():
+    X = _authentic(200, seed=34)
+    pipe = make_pipeline(StandardScaler(), AuthenticDensityDetector(random_state=0)).fit(X[:150])
+    s = pipe.score_samples(X[150:])
+    np.testing.assert_allclose(pipe.score(X[150:]), s.mean())
+    w = np.arange(50, dtype=float)
+    det = pipe[-1]
+    Z = pipe[0].transform(X[150:])
+    np.testing.assert_allclose(det.score(Z, sample_weight=w), np.average(s, weights=w))
+
+
+def test_natural_error_report_checks_lengths():
+    det = AuthenticDensityDetector(random_state=0).fit(_authentic(100, seed=35))
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        natural_error_report(det, _authentic(5, seed=36), [0] * 5, [0] * 4)
