@@ -1,0 +1,131 @@
+"""Run the evaluation protocols of a benchmark, one cached cell at a time.
+
+A *cell* is one (protocol, detector, split): the detector is fitted on the
+split's training rows and scores its test rows.  The test scores are cached
+under ``<out_dir>/cache/<protocol>/<detector>/<split>.npz`` (written to a
+temporary file and renamed), so an interrupted benchmark recomputes only the
+cells it had not finished.
+"""
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.model_selection import GroupShuffleSplit
+
+from .._progress import get_logger, progress
+from ..evaluation.splitters import AttackTransferSplit, CrossEpsilonSplit, LeaveOneAttackOut
+from ._benchmark_detectors import detection_scores
+
+__all__ = ["PROTOCOLS", "protocol_splits", "run_cells"]
+
+#: protocol names, in table order
+PROTOCOLS = ("known", "leave_one_attack_out", "cross_epsilon", "transfer")
+
+_log = get_logger("benchmark")
+
+
+def _slug(text):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))[:120] or "_"
+
+
+class _Known:
+    """Every attack on both sides: one GroupShuffleSplit of the source images."""
+
+    def __init__(self, test_size, random_state):
+        self.test_size = test_size
+        self.random_state = random_state
+
+    def split_names(self, y):
+        return [("all", "all")]
+
+    def split(self, X, y, groups):
+        gss = GroupShuffleSplit(n_splits=1, test_size=self.test_size,
+                                random_state=self.random_state)
+        yield from gss.split(np.zeros((len(y), 1)), y, groups)
+
+
+def protocol_splits(protocol, data, *, test_size, random_state):
+    """``[(train_name, test_name, train_idx, test_idx)]`` of one protocol.
+
+    Every protocol uses the same partition of the source images (the same
+    ``GroupShuffleSplit`` draw), so their test images are the same.
+    """
+    common = dict(test_size=test_size, random_state=random_state)
+    if protocol == "known":
+        cv = _Known(**common)
+    elif protocol == "leave_one_attack_out":
+        cv = LeaveOneAttackOut(data.attack, **common)
+    elif protocol == "transfer":
+        cv = AttackTransferSplit(data.attack, **common)
+    elif protocol == "cross_epsilon":
+        eps = getattr(data, "eps", None)
+        if eps is None or not np.any(np.isfinite(np.asarray(eps, dtype=float)[data.y == 1])):
+            _log.info("cross_epsilon skipped: the data set has no eps per row")
+            return []
+        cv = CrossEpsilonSplit(eps, **common)
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}: choose among {list(PROTOCOLS)}")
+    names = cv.split_names(data.y)
+    splits = list(cv.split(data.X, data.y, data.groups))
+    return [(tr, te, a, b) for (tr, te), (a, b) in zip(names, splits)]
+
+
+def _save_npz_atomic(path, **arrays):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _cell(cache, estimator, data, train, test):
+    """Test scores of one cell, from the cache or by fitting ``estimator``."""
+    if cache.exists():
+        with np.load(cache) as f:
+            if np.array_equal(f["test"], test):
+                return f["scores"]
+    est = clone(estimator).fit(data.X[train], data.y[train])
+    scores = detection_scores(est, data.X[test])
+    _save_npz_atomic(cache, test=test, scores=scores)
+    return scores
+
+
+def run_cells(protocol, splits, detectors, data, cache_dir, *, show_progress=False):
+    """Scores of every (detector, split) of one protocol.
+
+    Parameters
+    ----------
+    protocol : str
+    splits : list of (train_name, test_name, train_idx, test_idx)
+    detectors : dict of str to estimator
+        Unfitted detection estimators (their reference steps frozen).
+    data : Bunch
+    cache_dir : Path
+
+    Returns
+    -------
+    dict of str to list of (train_name, test_name, test_idx, scores)
+    """
+    out = {name: [] for name in detectors}
+    bar = progress(len(splits) * len(detectors), enabled=show_progress,
+                   desc=f"protocol {protocol}", unit="fit")
+    with bar:
+        for name, est in detectors.items():
+            for tr_name, te_name, train, test in splits:
+                path = Path(cache_dir) / protocol / _slug(name) / (
+                    f"{_slug(tr_name)}__{_slug(te_name)}.npz")
+                scores = _cell(path, est, data, train, test)
+                out[name].append((tr_name, te_name, test, scores))
+                bar.update(1)
+            _log.info("%s: %s done (%d splits)", protocol, name, len(splits))
+    return out

@@ -1,0 +1,171 @@
+"""Tables and figures of a benchmark from the scores of its cells."""
+
+import numpy as np
+
+from ..evaluation.report import detection_report
+
+__all__ = ["summarise", "markdown", "write_figures"]
+
+_CELL_METRICS = ("auc", "tpr_at_fpr_0.05", "fpr_at_tpr", "eer_accuracy")
+
+
+def _report(data, test, scores, n_bootstrap, random_state):
+    return detection_report(data.y[test], scores, data.attack[test], data.groups[test],
+                            n_bootstrap=n_bootstrap, random_state=random_state)
+
+
+def _cell_of(rep, row):
+    return {m: rep.rows[row][m] for m in _CELL_METRICS} | {"n_adv": rep.rows[row]["n_adv"]}
+
+
+def _cross_row_name(data, test, test_name):
+    """The report row of a cross-epsilon cell (its adversarial rows' attacks pooled)."""
+    return "overall" if test_name not in set(data.attack[test]) else test_name
+
+
+def summarise(cells, data, *, n_bootstrap, random_state):
+    """JSON-ready results of every protocol from ``{protocol: {detector: cells}}``."""
+    out = {}
+    for protocol, by_det in cells.items():
+        res = {}
+        for det, rows in by_det.items():
+            if protocol == "known":
+                (_, _, test, scores), = rows
+                res[det] = _report(data, test, scores, n_bootstrap, random_state).to_dict()
+            elif protocol == "leave_one_attack_out":
+                per = {}
+                for _, held, test, scores in rows:
+                    rep = _report(data, test, scores, n_bootstrap, random_state)
+                    per[held] = _cell_of(rep, held)
+                res[det] = {"held_out": per,
+                            "macro_auc": float(np.mean([c["auc"]["value"] for c in per.values()]))}
+            else:
+                train_names = list(dict.fromkeys(r[0] for r in rows))
+                test_names = list(dict.fromkeys(r[1] for r in rows))
+                auc = np.full((len(train_names), len(test_names)), np.nan)
+                cells_out = []
+                for tr, te, test, scores in rows:
+                    rep = _report(data, test, scores, n_bootstrap, random_state)
+                    row = te if protocol == "transfer" else _cross_row_name(data, test, te)
+                    c = _cell_of(rep, row)
+                    auc[train_names.index(tr), test_names.index(te)] = c["auc"]["value"]
+                    cells_out.append({"train": tr, "test": te, **c})
+                res[det] = {"train": train_names, "test": test_names,
+                            "auc": [[None if np.isnan(v) else float(v) for v in r] for r in auc],
+                            "cells": cells_out}
+            out[protocol] = res
+    return out
+
+
+def _fmt(cell, digits=3):
+    if cell is None or cell.get("value") is None:
+        return "-"
+    text = f"{cell['value']:.{digits}f}"
+    if cell.get("low") is not None and not np.isnan(cell["low"]):
+        text += f" [{cell['low']:.{digits}f}, {cell['high']:.{digits}f}]"
+    return text
+
+
+def _table(head, rows):
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _known_md(res, groups):
+    attacks = next(iter(res.values()))["rows"]
+    cols = [a for a in attacks if a not in ("overall",)]
+    text = ["## Known attacks (trained and tested on every attack, split by source image)\n",
+            "ROC AUC [95 % bootstrap interval over source images].\n"]
+    rows = [[d, groups.get(d, "")] + [_fmt(r["rows"][c]["auc"]) for c in cols]
+            for d, r in res.items()]
+    text.append(_table(["detector", "kind"] + cols, rows))
+    text.append("\nTPR at 5 % FPR.\n")
+    rows = [[d, groups.get(d, "")] + [_fmt(r["rows"][c]["tpr_at_fpr_0.05"]) for c in cols]
+            for d, r in res.items()]
+    text.append(_table(["detector", "kind"] + cols, rows))
+    return "\n".join(text)
+
+
+def _loao_md(res, groups):
+    fams = list(next(iter(res.values()))["held_out"])
+    text = ["## Leave one attack out (trained on the other attacks, tested on this one)\n",
+            "ROC AUC of the held-out attack [95 % interval]; macro = mean over held-out "
+            "attacks (point estimate).\n"]
+    rows = [[d, groups.get(d, "")] + [_fmt(r["held_out"][f]["auc"]) for f in fams]
+            + [f"{r['macro_auc']:.3f}"] for d, r in res.items()]
+    text.append(_table(["detector", "kind"] + fams + ["macro"], rows))
+    return "\n".join(text)
+
+
+def _matrix_md(res, title, what):
+    text = [f"## {title}\n", f"ROC AUC, rows = trained on {what}, columns = tested on {what}.\n"]
+    for d, r in res.items():
+        text.append(f"\n### {d}\n")
+        rows = [[tr] + ["-" if v is None else f"{v:.3f}" for v in r["auc"][i]]
+                for i, tr in enumerate(r["train"])]
+        text.append(_table(["train \\ test"] + r["test"], rows))
+    return "\n".join(text)
+
+
+def markdown(results, summary, groups):
+    """The whole Markdown report."""
+    parts = ["# Detection benchmark\n", summary]
+    if results.get("known"):
+        parts.append(_known_md(results["known"], groups))
+    if results.get("leave_one_attack_out"):
+        parts.append(_loao_md(results["leave_one_attack_out"], groups))
+    if results.get("cross_epsilon"):
+        parts.append(_matrix_md(results["cross_epsilon"], "Cross-epsilon", "budget"))
+    if results.get("transfer"):
+        parts.append(_matrix_md(results["transfer"], "Attack transfer", "attack"))
+    return "\n".join(parts)
+
+
+def write_figures(cells, results, data, fig_dir):
+    """ROC per attack (known protocol) and train x test AUC heat maps; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from ..metrics import plot_roc_curves
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for det, rows in cells.get("known", {}).items():
+        (_, _, test, scores), = rows
+        fig, ax = plt.subplots(figsize=(5, 5))
+        plot_roc_curves(data.y[test], scores, data.attack[test], ax=ax, title=f"{det}: known")
+        paths.append(_save(fig, fig_dir / f"roc_{det}.png", plt))
+    for protocol in ("transfer", "cross_epsilon"):
+        for det, r in results.get(protocol, {}).items():
+            paths.append(_heat_map(r, det, protocol, fig_dir, plt))
+    return paths
+
+
+def _heat_map(r, det, protocol, fig_dir, plt):
+    M = np.array([[np.nan if v is None else v for v in row] for row in r["auc"]], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * M.shape[1], 1.0 + 0.6 * M.shape[0]))
+    im = ax.imshow(M, vmin=0.5, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(M.shape[1]), r["test"], rotation=45, ha="right")
+    ax.set_yticks(range(M.shape[0]), r["train"])
+    for i in range(M.shape[0]):
+        for j in range(M.shape[1]):
+            if np.isfinite(M[i, j]):
+                ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if M[i, j] < 0.8 else "black")
+    ax.set_xlabel("tested on")
+    ax.set_ylabel("trained on")
+    ax.set_title(f"{det}: {protocol} AUC", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, fig_dir / f"{protocol}_{det}.png", plt)
+
+
+def _save(fig, path, plt):
+    fig.tight_layout()
+    tmp = path.with_name(".tmp-" + path.name)
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
