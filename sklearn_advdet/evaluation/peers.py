@@ -6,17 +6,16 @@ higher = more adversarial**, so that it composes with
 :class:`~sklearn_advdet.ScoreThresholdDetector` (``direction="high"``) or a
 :class:`~sklearn.linear_model.LogisticRegression` in a Pipeline:
 
-===========================  =====================================  ==========================
-peer                         score                                  reference
-===========================  =====================================  ==========================
-:class:`MaxSoftmaxPeer`      ``1 - max_c softmax(z / T)_c``         Hendrycks & Gimpel 2017
-:class:`EnergyPeer`          ``-T logsumexp(z / T)``                Liu et al. 2020
-:class:`MahalanobisPeer`     Mahalanobis distance, one layer        Lee et al. 2018
-:class:`LIDPeer`             LID of one layer                       Ma et al. 2018
-:class:`~sklearn_advdet.evaluation.DeepKNNPeer`   k-th NN distance, L2-normalised      Sun et al. 2022
-:class:`~sklearn_advdet.evaluation.KernelDensityPeer`  ``-log`` KDE of the predicted class   Feinman et al. 2017
-:class:`~sklearn_advdet.evaluation.DkNNCredibilityPeer`  ``1 -`` credibility                Papernot & McDaniel 2018
-===========================  =====================================  ==========================
+- :class:`MaxSoftmaxPeer`: ``1 - max_c softmax(z / T)_c`` (Hendrycks & Gimpel 2017);
+- :class:`EnergyPeer`: ``-T logsumexp(z / T)`` (Liu et al. 2020);
+- :class:`MahalanobisPeer`: Mahalanobis distance on one layer (Lee et al. 2018);
+- :class:`LIDPeer`: LID of one layer (Ma et al. 2018);
+- :class:`~sklearn_advdet.evaluation.DeepKNNPeer`: k-th NN distance of the
+  L2-normalised penultimate features (Sun et al. 2022);
+- :class:`~sklearn_advdet.evaluation.KernelDensityPeer`: ``-log`` kernel
+  density of the predicted class on the last hidden layer (Feinman et al. 2017);
+- :class:`~sklearn_advdet.evaluation.DkNNCredibilityPeer`: ``1 -`` the Deep
+  k-NN credibility (Papernot & McDaniel 2018).
 
 The Mahalanobis and LID peers are the package's
 :class:`~sklearn_advdet.MahalanobisScorer` and
