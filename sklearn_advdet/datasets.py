@@ -103,7 +103,7 @@ def load_feature_store(path, *, mmap_mode="r"):
     ValueError
         (``StoreError``) when the store is missing, incomplete or damaged.
     """
-    from .deep.store import open_store
+    from .store import open_store
 
     store = open_store(path, mmap_mode=mmap_mode)
     layout = store.layout
