@@ -4,13 +4,17 @@ import os
 import re
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 
+from ._store_fingerprint import check_fingerprint
 from ._store_format import (_CHUNKS, _LOCK, _MANIFEST, STORE_FORMAT, STORE_VERSION,
                             StoreError, _array_entries, _atomic_write_json, _check_npy,
-                            _committed, _n_chunks, _read_manifest, _safe)
+                            _committed, _load_npy, _marker_text, _n_chunks,
+                            _read_generation, _read_manifest, _safe)
+from ._store_lock import store_lock
 
 __all__ = ["FeatureStoreWriter"]
 
@@ -34,6 +38,47 @@ def _normalise_metadata(metadata, count):
     return out
 
 
+def _new_manifest(count, layer_names, layer_sizes, n_classes, chunk_size, has_labels,
+                  metadata, model, source, dtype, extra, fingerprint):
+    layers = [
+        {"name": str(n), "file": f"{i:03d}_{_safe(n)}.npy",
+         "shape": [count, int(s)], "dtype": str(np.dtype(dtype))}
+        for i, (n, s) in enumerate(zip(layer_names, layer_sizes))
+    ]
+    arrays = {"logits": None, "predictions": None, "labels": None}
+    if n_classes is not None:
+        arrays["logits"] = {"file": "logits.npy", "shape": [count, int(n_classes)],
+                            "dtype": str(np.dtype(dtype))}
+        arrays["predictions"] = {"file": "predictions.npy", "shape": [count],
+                                 "dtype": "int64"}
+    if has_labels:
+        arrays["labels"] = {"file": "labels.npy", "shape": [count], "dtype": "int64"}
+    if fingerprint is not None:
+        fingerprint = {str(k): (None if v is None else str(v))
+                       for k, v in dict(fingerprint).items()}
+    return {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "generation": uuid.uuid4().hex,
+        "fingerprint": fingerprint,
+        "model": model,
+        "source": source,
+        "count": count,
+        "chunk_size": chunk_size,
+        "dtype": str(np.dtype(dtype)),
+        "layers": layers,
+        "arrays": arrays,
+        "metadata": {
+            name: {"file": f"meta_{name}.npy", "shape": list(a.shape),
+                   "dtype": a.dtype.str}
+            for name, a in metadata.items()
+        },
+        "complete": False,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra or {}),
+    }
+
+
 class FeatureStoreWriter:
     """Chunked, resumable writer of a feature store.
 
@@ -53,7 +98,7 @@ class FeatureStoreWriter:
     def create(cls, path, *, count, layer_names, layer_sizes, n_classes,
                chunk_size=2048, has_labels=False, metadata=None, model=None,
                source=None, dtype="float32", extra=None, resume=True,
-               wait_timeout=600.0):
+               fingerprint=None, lock_timeout=600.0):
         """Allocate a new store, or reopen a compatible unfinished one.
 
         Parameters
@@ -81,118 +126,97 @@ class FeatureStoreWriter:
         resume : bool, default=True
             When a compatible store exists at ``path``, reopen it and keep its
             committed chunks; when False, an existing store is deleted first.
-        wait_timeout : float, default=600
-            When another process is allocating the same store, wait this many
-            seconds for it.
+        fingerprint : dict of str, default=None
+            What the store is made from (e.g. ``{"data": ..., "model": ...,
+            "layers": ...}``, see :mod:`sklearn_advdet._store_fingerprint`),
+            recorded in the manifest. A resume whose fingerprint differs from
+            the recorded one is refused with a :class:`StoreError` naming
+            what differs. None records and checks nothing.
+        lock_timeout : float, default=600
+            Seconds to wait for another live process that is allocating the
+            same store; then a :class:`StoreError` names it (pid, host,
+            time). A lock left by a process that died is taken over at once.
+
+        Raises
+        ------
+        StoreError
+            When the existing store at ``path`` differs, is damaged, or the
+            lock stays held.
         """
         path = Path(path)
         count = int(count)
         chunk_size = int(chunk_size)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size}")
+        if isinstance(lock_timeout, bool) or not float(lock_timeout) >= 0:
+            raise ValueError(f"lock_timeout must be seconds >= 0, got {lock_timeout!r}")
         if len(layer_names) != len(layer_sizes):
             raise ValueError("layer_names and layer_sizes differ in length")
         metadata = _normalise_metadata(metadata, count)
-        layers = [
-            {"name": str(n), "file": f"{i:03d}_{_safe(n)}.npy",
-             "shape": [count, int(s)], "dtype": str(np.dtype(dtype))}
-            for i, (n, s) in enumerate(zip(layer_names, layer_sizes))
-        ]
-        arrays = {"logits": None, "predictions": None, "labels": None}
-        if n_classes is not None:
-            arrays["logits"] = {"file": "logits.npy", "shape": [count, int(n_classes)],
-                                "dtype": str(np.dtype(dtype))}
-            arrays["predictions"] = {"file": "predictions.npy", "shape": [count],
-                                     "dtype": "int64"}
-        if has_labels:
-            arrays["labels"] = {"file": "labels.npy", "shape": [count], "dtype": "int64"}
-        manifest = {
-            "format": STORE_FORMAT,
-            "version": STORE_VERSION,
-            "model": model,
-            "source": source,
-            "count": count,
-            "chunk_size": chunk_size,
-            "dtype": str(np.dtype(dtype)),
-            "layers": layers,
-            "arrays": arrays,
-            "metadata": {
-                name: {"file": f"meta_{name}.npy", "shape": list(a.shape),
-                       "dtype": a.dtype.str}
-                for name, a in metadata.items()
-            },
-            "complete": False,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **(extra or {}),
-        }
+        manifest = _new_manifest(count, layer_names, layer_sizes, n_classes, chunk_size,
+                                 has_labels, metadata, model, source, dtype, extra,
+                                 fingerprint)
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path} is a file, not a feature store directory: pick "
+                             "another path")
         path.mkdir(parents=True, exist_ok=True)
-        lock = path / _LOCK
-        deadline = time.monotonic() + wait_timeout
-        while True:
+        with store_lock(path / _LOCK, lock_timeout):
             if (path / _MANIFEST).exists():
-                old = _read_manifest(path)
                 if resume:
+                    old = _read_manifest(path)
                     cls._check_compatible(path, old, manifest, metadata)
-                    writer = cls(path, old)
                     for _, entry in _array_entries(old):
                         _check_npy(path, entry, count)
-                    return writer
-                cls._remove(path, old)
+                    return cls(path, old)
+                cls._remove(path)
+            cls._allocate(path, manifest, metadata)
+        return cls(path, manifest)
+
+    @staticmethod
+    def _allocate(path, manifest, metadata):
+        """Pre-allocate every array, then publish the manifest (last)."""
+        others = [f for f in os.listdir(path)
+                  if f not in (_LOCK, _CHUNKS) and not f.startswith(".")]
+        known = {e["file"] for _, e in _array_entries(manifest)}
+        if set(others) - known:
+            raise StoreError(
+                f"{path} is not empty and holds no feature store "
+                f"({sorted(set(others) - known)[:5]}): pick an empty "
+                "or new directory"
+            )
+        shutil.rmtree(path / _CHUNKS, ignore_errors=True)
+        for _, entry in _array_entries(manifest):
+            if entry["file"].startswith("meta_"):
                 continue
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if time.monotonic() > deadline:
-                    raise StoreError(
-                        f"{lock} exists: another process seems to be allocating "
-                        "this store. If none is, a crash left the lock behind: "
-                        "delete the lock file and the store directory, then "
-                        "start again"
-                    ) from None
-                time.sleep(0.2)
-                continue
-            try:
-                os.close(fd)
-                others = [f for f in os.listdir(path)
-                          if f not in (_LOCK, _CHUNKS) and not f.startswith(".")]
-                known = {e["file"] for _, e in _array_entries(manifest)}
-                if set(others) - known:
-                    raise StoreError(
-                        f"{path} is not empty and holds no feature store "
-                        f"({sorted(set(others) - known)[:5]}): pick an empty "
-                        "or new directory"
-                    )
-                for _, entry in _array_entries(manifest):
-                    if entry["file"].startswith("meta_"):
-                        continue
-                    arr = np.lib.format.open_memmap(
-                        path / entry["file"], mode="w+",
-                        dtype=np.dtype(entry["dtype"]), shape=tuple(entry["shape"]))
-                    arr.flush()
-                    del arr
-                for name, a in metadata.items():
-                    np.save(path / f"meta_{name}.npy", a, allow_pickle=False)
-                (path / _CHUNKS).mkdir(exist_ok=True)
-                _atomic_write_json(path / _MANIFEST, manifest)
-            finally:
-                os.remove(lock)
-            return cls(path, manifest)
+            arr = np.lib.format.open_memmap(
+                path / entry["file"], mode="w+",
+                dtype=np.dtype(entry["dtype"]), shape=tuple(entry["shape"]))
+            arr.flush()
+            del arr
+        for name, a in metadata.items():
+            np.save(path / f"meta_{name}.npy", a, allow_pickle=False)
+        (path / _CHUNKS).mkdir(exist_ok=True)
+        _atomic_write_json(path / _MANIFEST, manifest)
 
     @staticmethod
     def _check_compatible(path, old, new, metadata):
+        check_fingerprint(path, old.get("fingerprint"), new.get("fingerprint"))
+
         def key(m):
-            return (m["count"], m["chunk_size"], m["dtype"],
+            return (m["count"], m["chunk_size"], m.get("dtype"),
                     [(e["name"], e["shape"]) for e in m["layers"]],
                     {k: (v and v["shape"]) for k, v in m["arrays"].items()},
                     sorted(m["metadata"]), m.get("model"), m.get("source"))
         if key(old) != key(new):
+            names = ("count", "chunk size", "dtype", "layers", "arrays", "metadata",
+                     "model", "source")
+            diff = [n for n, a, b in zip(names, key(old), key(new)) if a != b]
             raise StoreError(
-                f"a different feature store already exists at {path} (model, "
-                "source, layers, count, chunk size or metadata differ): pass "
-                "resume=False to overwrite it, or another path"
+                f"a different feature store already exists at {path} ({', '.join(diff)} "
+                "differ): pass resume=False to overwrite it, or another path"
             )
         for name, a in metadata.items():
-            stored = np.load(path / old["metadata"][name]["file"], allow_pickle=False)
+            stored = _load_npy(path, old["metadata"][name], None)
             if stored.shape != a.shape or not np.array_equal(stored, a):
                 raise StoreError(
                     f"metadata {name!r} differs from the one in the existing "
@@ -200,16 +224,21 @@ class FeatureStoreWriter:
                 )
 
     @staticmethod
-    def _remove(path, manifest):
+    def _remove(path):
+        """Delete a store: the manifest first, so that no reader trusts the rest."""
+        try:
+            old = _read_manifest(path)
+        except StoreError:
+            old = None
         os.remove(path / _MANIFEST)
-        for _, entry in _array_entries(manifest):
-            f = path / entry["file"]
-            if f.exists():
-                os.remove(f)
-        d = path / _CHUNKS
-        if d.is_dir():
-            for f in os.listdir(d):
-                os.remove(d / f)
+        files = set() if old is None else {e["file"] for _, e in _array_entries(old)}
+        if old is None:  # damaged manifest: remove what a store can hold
+            files = {f for f in os.listdir(path)
+                     if f.endswith(".npy") and not f.startswith(".")}
+        for f in files:
+            if (path / f).exists():
+                os.remove(path / f)
+        shutil.rmtree(path / _CHUNKS, ignore_errors=True)
 
     # -------------------------------------------------------------- chunks
     @property
@@ -259,7 +288,7 @@ class FeatureStoreWriter:
     def _open_maps(self):
         if self._maps is None:
             self._maps = {
-                key: np.load(self.path / entry["file"], mmap_mode="r+")
+                key: _load_npy(self.path, entry, "r+")
                 for key, entry in _array_entries(self.manifest)
                 if not key.startswith("meta:")
             }
@@ -284,24 +313,30 @@ class FeatureStoreWriter:
         if len(layers) != len(self.manifest["layers"]):
             raise ValueError(f"got {len(layers)} layer arrays for "
                              f"{len(self.manifest['layers'])} layers")
-        for entry, arr in zip(self.manifest["layers"], layers):
-            maps[f"layer:{entry['name']}"][lo:hi] = arr
+        blocks = {f"layer:{e['name']}": a for e, a in zip(self.manifest["layers"], layers)}
         if "logits" in maps:
             if logits is None:
                 raise ValueError("this store holds logits: pass logits=")
-            logits = np.asarray(logits)
-            maps["logits"][lo:hi] = logits
-            maps["predictions"][lo:hi] = logits.argmax(axis=1)
+            blocks["logits"] = logits = np.asarray(logits)
+            blocks["predictions"] = logits.argmax(axis=1) if logits.ndim == 2 else logits
         if "labels" in maps:
             if labels is None:
                 raise ValueError("this store holds labels: pass labels=")
-            maps["labels"][lo:hi] = labels
+            blocks["labels"] = labels
+        for key, arr in blocks.items():
+            arr = np.asarray(arr)
+            want = (hi - lo, *maps[key].shape[1:])
+            if arr.shape != want:
+                raise ValueError(f"chunk {k}: {key} has shape {arr.shape}, the store "
+                                 f"needs {want} for rows [{lo}, {hi})")
+            maps[key][lo:hi] = arr
         for m in maps.values():
             m.flush()
+        self._check_generation()
         marker = self.path / _CHUNKS / f"{k:08d}"
         tmp = self.path / _CHUNKS / f".{k:08d}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            f.write(f"{lo} {hi}\n")
+            f.write(_marker_text(lo, hi, self.manifest.get("generation")))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, marker)
@@ -318,12 +353,24 @@ class FeatureStoreWriter:
             return True
         if len(self.committed()) < self.n_chunks:
             return False
+        self._check_generation()
         manifest = dict(self.manifest, complete=True)
         _atomic_write_json(self.path / _MANIFEST, manifest)
         self.manifest = manifest
         # the markers are no longer needed once the manifest says complete
         shutil.rmtree(self.path / _CHUNKS, ignore_errors=True)
         return True
+
+    def _check_generation(self):
+        """Refuse to commit into a store that another process has replaced."""
+        now = _read_generation(self.path)
+        if now != self.manifest.get("generation"):
+            self.close()
+            raise StoreError(
+                f"the feature store at {self.path} was replaced by another writer "
+                f"(generation {self.manifest.get('generation')} is now {now}): this "
+                "writer stops; start the extraction again"
+            )
 
     def close(self):
         """Flush and drop the memory maps."""

@@ -24,6 +24,22 @@ manifest says ``"complete": true`` only after every chunk is committed, and
 :meth:`FeatureStore.open` refuses incomplete, truncated or inconsistent stores
 with an error that says what is wrong.
 
+Stores that cannot lie:
+
+* **fingerprint**: the manifest records what the store was made from (a
+  content hash of in-memory images and labels, names + sizes + mtimes of an
+  image folder or tar, a hash of the model's weights, the hooked layers); a
+  resume with any other input is refused with a :class:`StoreError` naming
+  what differs.
+* **lock**: allocation holds ``_allocating.lock``, which records its owner
+  (pid, host, time); a lock left by a dead process is taken over with a logged
+  message, a live one is waited for ``lock_timeout`` seconds and then named in
+  a :class:`StoreError`.
+* **generation**: every write has a generation id (manifest and chunk
+  markers); a reader checks it on every array access, so a store rewritten
+  after it was opened raises instead of mixing two writes.
+* a malformed manifest or array file is a :class:`StoreError` naming the file.
+
 Reading needs only numpy: this module does not import torch.
 """
 
@@ -32,13 +48,14 @@ from pathlib import Path
 import numpy as np
 
 from ._layout import FeatureLayout
+from ._store_fingerprint import array_digest, files_digest
 from ._store_format import (STORE_FORMAT, STORE_VERSION, StoreError, _array_entries,
-                            _atomic_write_json, _check_npy, _committed, _n_chunks,
-                            _read_manifest)
+                            _atomic_write_json, _check_npy, _committed, _load_npy,
+                            _n_chunks, _read_generation, _read_manifest)
 from ._store_writer import FeatureStoreWriter
 
 __all__ = ["FeatureStore", "FeatureStoreWriter", "open_store", "StoreError",
-           "STORE_FORMAT", "STORE_VERSION"]
+           "STORE_FORMAT", "STORE_VERSION", "array_digest", "files_digest"]
 
 
 class FeatureStore:
@@ -118,11 +135,42 @@ class FeatureStore:
         return cls(path, manifest, mmap_mode=mmap_mode)
 
     def _load(self, entry):
+        """One array; the manifest's generation is checked on every access
+        (after loading), so a store rewritten since :meth:`open` is refused
+        instead of mixing the arrays of two writes."""
         key = entry["file"]
-        if key not in self._cache:
-            self._cache[key] = np.load(self.path / key, mmap_mode=self._mmap_mode,
-                                       allow_pickle=False)
-        return self._cache[key]
+        arr = self._cache.get(key)
+        if arr is None:
+            arr = _load_npy(self.path, entry, self._mmap_mode)
+        self.check_generation()
+        self._cache[key] = arr
+        return arr
+
+    @property
+    def generation(self):
+        """Id of the write this store belongs to (None for version-1 stores)."""
+        return self.manifest.get("generation")
+
+    @property
+    def fingerprint(self):
+        """What the store was extracted from (dict), or None."""
+        return self.manifest.get("fingerprint")
+
+    def check_generation(self):
+        """Raise a StoreError when the store at :attr:`path` is no longer the
+        write that was opened (rewritten, being rewritten, or deleted)."""
+        try:
+            now = _read_generation(self.path)
+        except StoreError as exc:
+            raise StoreError(
+                f"the feature store at {self.path} changed since it was opened "
+                f"({exc}): open it again") from None
+        if now != self.generation:
+            raise StoreError(
+                f"the feature store at {self.path} was rewritten since it was opened "
+                f"(generation {self.generation} is now {now}): open it again to read "
+                "the new write"
+            )
 
     # ----------------------------------------------------------- properties
     def __len__(self):

@@ -196,7 +196,7 @@ def test_existing_store_mismatch_and_overwrite(tmp_path, data):
     extractor().extract_to_store(images, path, labels=labels, chunk_size=CHUNK)
     with pytest.raises(StoreError, match="different feature store"):
         extractor().extract_to_store(images, path, labels=labels, chunk_size=16)
-    with pytest.raises(StoreError, match="different feature store"):
+    with pytest.raises(StoreError, match="the hooked layers differ"):
         FeatureExtractor(tiny_cnn(), layers=["0"], progress=False).extract_to_store(
             images, path, labels=labels, chunk_size=CHUNK)
     # resume=False starts over with the new settings
@@ -245,6 +245,8 @@ def test_damaged_stores_fail_clearly(tmp_path, data):
     good = manifest_path.read_text()
     bad = json.loads(good)
     bad["count"] = N + 1
+    for e in bad["layers"] + [v for v in bad["arrays"].values() if v]:
+        e["shape"][0] = N + 1
     manifest_path.write_text(json.dumps(bad))
     with pytest.raises(StoreError, match="inconsistent"):
         open_store(path)
@@ -307,3 +309,186 @@ def test_old_paths_are_the_same_objects():
         assert getattr(old_detection, name) is getattr(attack_sets, name)
     assert extraction.resolve_layers is layers.resolve_layers
     assert extraction.LAYER_PRESETS is layers.LAYER_PRESETS
+
+
+# ------------------------------------------------------- stores that cannot lie
+def test_resume_with_different_images_of_the_same_shape_is_refused(tmp_path, data):
+    images, labels, _ = data
+    path = tmp_path / "s"
+    # a partial store (as a crash would leave it): only the first two chunks
+    partial = extractor().extract_to_store(images, path, labels=labels, chunk_size=CHUNK,
+                                           stop=2 * CHUNK)
+    assert not partial.manifest["complete"]
+    other = images[::-1].copy()
+    with pytest.raises(StoreError, match=r"the images differ \(stored array:sha256:"):
+        extractor().extract_to_store(other, path, labels=labels, chunk_size=CHUNK)
+    with pytest.raises(StoreError, match="the labels differ"):
+        extractor().extract_to_store(images, path, labels=(labels + 1) % 3,
+                                     chunk_size=CHUNK)
+    with pytest.raises(StoreError, match="the model's weights differ"):
+        extractor(tiny_cnn(seed=1)).extract_to_store(images, path, labels=labels,
+                                                     chunk_size=CHUNK)
+    # nothing was written by the refused runs: the same input still resumes
+    st = extractor().extract_to_store(images, path, labels=labels, chunk_size=CHUNK)
+    assert st.manifest["complete"]
+    assert_same_store(st, extractor().extract_to_store(images, tmp_path / "ref",
+                                                       labels=labels, chunk_size=CHUNK))
+    fp = st.fingerprint
+    assert set(fp) == {"data", "labels", "model", "layers"} and fp["layers"] == "0,1,4"
+
+
+def test_folder_fingerprint_sees_changed_files(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                root / c / f"{i}.png")
+    path = tmp_path / "s"
+    extractor().extract_to_store(root, path, chunk_size=2, stop=2)
+    # same size and shape, other pixels and a new mtime
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "b" / "2.png")
+    os.utime(root / "b" / "2.png", ns=(1, 1))
+    with pytest.raises(StoreError, match="the images differ"):
+        extractor().extract_to_store(root, path, chunk_size=2)
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog, data):
+    import logging
+
+    images, labels, _ = data
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)
+    path = tmp_path / "s"
+    path.mkdir()
+    (path / "_allocating.lock").write_text(json.dumps(
+        {"pid": pid, "host": "here", "time": "2026-01-01T00:00:00"}))
+    with caplog.at_level(logging.WARNING, logger="sklearn_advdet"):
+        st = extractor().extract_to_store(images, path, labels=labels, chunk_size=CHUNK,
+                                          lock_timeout=0)
+    assert len(st) == N and not (path / "_allocating.lock").exists()
+    assert any(f"pid {pid}" in r.getMessage() and "taking over" in r.getMessage()
+               for r in caplog.records)
+    # an empty lock file (left by an older version) is taken over the same way
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "_allocating.lock").touch()
+    FeatureStoreWriter.create(tmp_path / "e", count=2, layer_names=["a"], layer_sizes=[1],
+                              n_classes=None, lock_timeout=0)
+
+
+def test_live_lock_times_out_naming_its_owner(tmp_path):
+    path = tmp_path / "s"
+    path.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from sklearn_advdet._store_lock import store_lock\n"
+         f"with store_lock({str(path / '_allocating.lock')!r}, 5):\n"
+         "    print('held', flush=True)\n"
+         "    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreError, match=rf"held by pid {holder.pid} on host .*"
+                                             r"lock_timeout"):
+            FeatureStoreWriter.create(path, count=2, layer_names=["a"], layer_sizes=[1],
+                                      n_classes=None, lock_timeout=0.3)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    # once the holder is gone (killed: the lock file stays), the lock is taken over
+    assert (path / "_allocating.lock").exists()
+    FeatureStoreWriter.create(path, count=2, layer_names=["a"], layer_sizes=[1],
+                              n_classes=None, lock_timeout=0)
+
+
+def test_readers_never_mix_two_writes(tmp_path, data):
+    images, labels, _ = data
+    path = tmp_path / "s"
+    first = extractor().extract_to_store(images, path, labels=labels, chunk_size=CHUNK)
+    old_logits = np.array(first.logits)  # cached before the rewrite
+    extractor(tiny_cnn(seed=1)).extract_to_store(images, path, labels=labels,
+                                                 chunk_size=CHUNK, resume=False)
+    for read in (lambda: first.logits, lambda: first.layer("4"), lambda: first.X):
+        with pytest.raises(StoreError, match="rewritten since it was opened"):
+            read()
+    again = open_store(path)
+    assert again.generation != first.generation
+    assert not np.array_equal(np.asarray(again.logits), old_logits)
+
+
+def test_a_replaced_store_refuses_the_old_writer(tmp_path):
+    kw = dict(count=4, layer_names=["a"], layer_sizes=[2], n_classes=None, chunk_size=2)
+    old = FeatureStoreWriter.create(tmp_path / "s", **kw)
+    old.write_chunk(0, layers=[np.ones((2, 2))])
+    new = FeatureStoreWriter.create(tmp_path / "s", resume=False, **kw)
+    with pytest.raises(StoreError, match="replaced by another writer"):
+        old.write_chunk(1, layers=[np.ones((2, 2))])
+    assert new.committed() == set()  # the old chunk does not count in the new store
+    with pytest.raises(ValueError, match=r"has shape \(1, 2\), the store needs \(2, 2\)"):
+        new.write_chunk(0, layers=[np.ones((1, 2))])  # no silent broadcasting
+
+
+def _mutations():
+    def setter(*keys, value):
+        def f(m):
+            d = m
+            for k in keys[:-1]:
+                d = d[k]
+            d[keys[-1]] = value
+            return m
+        return f
+    return {
+        "count": setter("count", value="50"),
+        "chunk_size": setter("chunk_size", value=0),
+        "layers": setter("layers", value={"a": 1}),
+        "file": setter("layers", 0, "file", value="../../etc/passwd"),
+        "dtype": setter("layers", 0, "dtype", value="object"),
+        "shape": setter("layers", 0, "shape", value=[N]),
+        "arrays": setter("arrays", value=None),
+        "complete": setter("complete", value="yes"),
+        "generation": setter("generation", value=7),
+    }
+
+
+@pytest.mark.parametrize("what", sorted(_mutations()))
+def test_every_malformed_manifest_is_a_store_error_naming_it(tmp_path, data, what):
+    images, labels, _ = data
+    path = tmp_path / "s"
+    extractor().extract_to_store(images, path, labels=labels, chunk_size=CHUNK)
+    mpath = path / "manifest.json"
+    mpath.write_text(json.dumps(_mutations()[what](json.loads(mpath.read_text()))))
+    for call in (lambda: open_store(path),
+                 lambda: extractor().extract_to_store(images, path, labels=labels,
+                                                      chunk_size=CHUNK)):
+        with pytest.raises(StoreError, match=f"{mpath} is malformed"):
+            call()
+
+
+def test_malformed_json_and_array_files(tmp_path, data):
+    images, labels, _ = data
+    path = tmp_path / "s"
+    extractor().extract_to_store(images, path, labels=labels, chunk_size=CHUNK)
+    mpath = path / "manifest.json"
+    good = mpath.read_bytes()
+    for raw in (b"{", b"\xff\xfe", b"[1, 2]"):
+        mpath.write_bytes(raw)
+        with pytest.raises(StoreError, match=str(mpath)):
+            open_store(path)
+    mpath.write_bytes(good)
+    f = path / "logits.npy"
+    f.write_bytes(b"\x93NUMPY garbage header")
+    with pytest.raises(StoreError, match=f"{f} is not a valid .npy file"):
+        open_store(path)
+    # damaged after opening: the access names the file
+    extractor().extract_to_store(images, path, labels=labels, chunk_size=CHUNK,
+                                 resume=False)
+    st = open_store(path)
+    (path / "labels.npy").write_bytes(b"not an array")
+    with pytest.raises(StoreError, match="labels.npy"):
+        st.labels

@@ -24,7 +24,6 @@ noise and ``eps`` its budget), those it now gets wrong are adversarial
 (``y = 1``).
 """
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -33,13 +32,16 @@ import numpy as np
 import torch
 from sklearn.utils import Bunch, check_random_state
 
-from ..store import StoreError, _atomic_write_json, open_store
+from .._progress import get_logger
+from ..store import StoreError, _atomic_write_json, array_digest, open_store
 from .attack_specs import (_SEED_MAX, NOISE_ATTACKS, AttackSpec, _jsonable, _spec_seed,
                            parse_attacks)
 from .attacks import ATTACKS, run_attack
 from .extraction import FeatureExtractor
 
 __all__ = ["AttackSpec", "NOISE_ATTACKS", "build_detection_set", "parse_attacks"]
+
+_log = get_logger("attack_sets")
 
 
 def _as_images(images, name):
@@ -81,23 +83,14 @@ def _read_json(path):
         return json.load(f)
 
 
-def _fingerprint(*arrays):
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()[:16]
-
-
 def _check_build_dir(root, ref_images, ref_labels, test_images, test_labels, layers,
                      base_seed):
     """Refuse to resume a build of ``out_dir`` made from other inputs."""
     build = {
         "format": "sklearn_advdet.detection_set",
         "version": 1,
-        "reference": _fingerprint(ref_images, ref_labels),
-        "test": _fingerprint(test_images, test_labels),
+        "reference": array_digest(ref_images, ref_labels),
+        "test": array_digest(test_images, test_labels),
         "layers": _jsonable(layers),
         "seed": base_seed,
     }
@@ -138,16 +131,15 @@ def _extract(extractor, images, labels, path, metadata, source, nested=False):
         feats = extractor.extract(images, labels=labels, nested=nested, desc=desc)
         return _Features(feats.X, feats.layout, feats.predictions, feats.labels,
                          {k: np.asarray(v) for k, v in (metadata or {}).items()})
-    store = None
-    try:
-        store = open_store(path)
-    except (StoreError, OSError):
-        store = None
-    if store is None or len(store) != len(images):
-        store = extractor.extract_to_store(
-            images, path, labels=labels, metadata=metadata, source=source,
-            resume=store is None, nested=nested, desc=desc,
-        )
+    kwargs = dict(labels=labels, metadata=metadata, source=source, nested=nested,
+                  desc=desc)
+    try:  # resumes (or reopens) the store; its fingerprint must match the images
+        store = extractor.extract_to_store(images, path, resume=True, **kwargs)
+    except StoreError as exc:
+        # out_dir's build.json matched, so this store is damaged or stale: redo it
+        _log.warning("%s: %s; extracting it again", path, exc)
+        shutil.rmtree(path, ignore_errors=True)
+        store = extractor.extract_to_store(images, path, resume=False, **kwargs)
     return _Features(store.X, store.layout, np.asarray(store.predictions),
                      None if store.labels is None else np.asarray(store.labels),
                      {k: np.asarray(v) for k, v in store.metadata.items()})

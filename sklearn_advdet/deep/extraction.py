@@ -27,6 +27,7 @@ from torch import nn
 from .._device import module_device, resolve_device
 from .._layout import FeatureLayout
 from .._progress import progress as _progress_bar
+from .._store_fingerprint import array_digest, digest_chunks
 from ..store import FeatureStore, FeatureStoreWriter
 from .layers import LAYER_PRESETS, resolve_layers
 from .sources import _ArraySource, _as_source
@@ -356,7 +357,7 @@ class FeatureExtractor:
 
     def extract_to_store(self, data, path, labels=None, metadata=None,
                          chunk_size=2048, resume=True, start=None, stop=None,
-                         source=None, *, nested=False, desc=None):
+                         source=None, *, nested=False, desc=None, lock_timeout=600.0):
         """Extract features chunk by chunk into a resumable feature store.
 
         Parameters
@@ -384,6 +385,16 @@ class FeatureExtractor:
             type and shape of the data).
         nested, desc : bool, str
             As for :meth:`extract`.
+        lock_timeout : float, default=600
+            Seconds to wait for another live process allocating the same
+            store before a :class:`~sklearn_advdet.store.StoreError` names it
+            (a lock left by a dead process is taken over at once).
+
+        A resume checks the store's fingerprint against this run's input (a
+        content hash of in-memory images and labels, names + sizes + mtimes
+        of an image folder or tar, a Dataset's type and length, the model's
+        weights and the layer list) and refuses any difference with a
+        :class:`~sklearn_advdet.store.StoreError` naming it.
 
         Returns
         -------
@@ -403,7 +414,7 @@ class FeatureExtractor:
             raise ValueError("data holds no images")
         if labels is not None:
             labels = np.asarray(labels).astype(np.int64, copy=False)
-        bs = int(self.batch_size)
+        fingerprint = self._fingerprint(src, names, labels)
         with _session(self.model, names, device, self.amp) as forward:
             # a one-image probe gives the layer widths and the logits width
             probe = self._batches(src, 0, 1, 1, labels)
@@ -417,31 +428,55 @@ class FeatureExtractor:
                 model=_model_name(self.model), source=source or src.description,
                 extra={"include_logits": bool(self.include_logits),
                        "extractor": "sklearn_advdet.deep.extraction.FeatureExtractor"},
-                resume=resume)
+                resume=resume, fingerprint=fingerprint, lock_timeout=lock_timeout)
             try:
-                todo = writer.missing_chunks(start, stop)
-                total = sum(writer.chunk_bounds(k)[1] - writer.chunk_bounds(k)[0]
-                            for k in todo)
-                with self._bar(total, nested, desc) as bar:
-                    for k in todo:
-                        lo, hi = writer.chunk_bounds(k)
-                        fb, lb, yb = _collect(
-                            forward, self._batches(src, lo, hi, bs, labels), bar)
-                        layers = [np.concatenate([b[i] for b in fb])
-                                  for i in range(len(names))]
-                        rows = sum(len(a) for a in lb)
-                        if rows != hi - lo:
-                            raise RuntimeError(
-                                f"chunk {k} expected {hi - lo} rows, the data "
-                                f"gave {rows}: the data changed length")
-                        writer.write_chunk(
-                            k, layers=layers, logits=np.concatenate(lb),
-                            labels=(np.concatenate(yb)
-                                    if writer.manifest["arrays"]["labels"] else None))
+                self._fill(writer, forward, src, labels, names,
+                           writer.missing_chunks(start, stop), nested, desc)
             finally:
                 writer.close()
         complete = writer.finalize()
         return FeatureStore.open(path, allow_incomplete=not complete)
+
+    def _fingerprint(self, src, names, labels):
+        """What a store made by this run is made from (see FeatureStoreWriter)."""
+        if labels is None and isinstance(src, _ArraySource) and src.labels is not None:
+            labels = np.asarray(src.labels)
+        return {"data": src.fingerprint(),
+                "labels": None if labels is None else array_digest(labels),
+                "model": model_digest(self.model),
+                "layers": ",".join(names)}
+
+    def _fill(self, writer, forward, src, labels, names, todo, nested, desc):
+        """Compute and commit the chunks ``todo``."""
+        bs = int(self.batch_size)
+        total = sum(writer.chunk_bounds(k)[1] - writer.chunk_bounds(k)[0] for k in todo)
+        with self._bar(total, nested, desc) as bar:
+            for k in todo:
+                lo, hi = writer.chunk_bounds(k)
+                fb, lb, yb = _collect(forward, self._batches(src, lo, hi, bs, labels), bar)
+                rows = sum(len(a) for a in lb)
+                if rows != hi - lo:
+                    raise RuntimeError(f"chunk {k} expected {hi - lo} rows, the data "
+                                       f"gave {rows}: the data changed length")
+                layers = [np.concatenate([b[i] for b in fb]) for i in range(len(names))]
+                writer.write_chunk(
+                    k, layers=layers, logits=np.concatenate(lb),
+                    labels=(np.concatenate(yb)
+                            if writer.manifest["arrays"]["labels"] else None))
+
+
+def model_digest(model):
+    """SHA-256 of a model's state dict (names, shapes, dtypes and values)."""
+    def chunks():
+        for name, t in sorted(model.state_dict().items()):
+            if not isinstance(t, torch.Tensor):
+                yield f"{name}={t!r}".encode()
+                continue
+            t = t.detach().to("cpu").contiguous().reshape(-1)
+            yield f"{name}{tuple(t.shape)}{t.dtype}".encode()
+            if t.numel():
+                yield memoryview(t.view(torch.uint8).numpy())
+    return digest_chunks(chunks(), "weights")
 
 
 def extract_features(model, images, layers="auto", batch_size=256, device=None,

@@ -10,6 +10,7 @@ from os import PathLike
 import numpy as np
 import torch
 
+from .._store_fingerprint import array_digest, files_digest
 from .data import load_image_folder
 
 __all__ = []
@@ -20,7 +21,7 @@ class _ArraySource:
 
     ordered = True
 
-    def __init__(self, images, labels=None, description=None):
+    def __init__(self, images, labels=None, description=None, fingerprint=None):
         if isinstance(images, np.ndarray):
             if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
                 raise TypeError(
@@ -42,9 +43,19 @@ class _ArraySource:
         self.labels = labels
         self.description = description or (
             f"{type(images).__name__} {tuple(images.shape)} {images.dtype}")
+        self._fingerprint = fingerprint
 
     def __len__(self):
         return int(self.images.shape[0])
+
+    def fingerprint(self):
+        """Content hash of the images (or of the files they were read from)."""
+        if self._fingerprint is None:
+            x = self.images
+            if isinstance(x, torch.Tensor):
+                x = x.detach().cpu().numpy()
+            self._fingerprint = array_digest(x)
+        return self._fingerprint
 
     @property
     def has_labels(self):
@@ -109,6 +120,11 @@ class _DatasetSource:
     def __len__(self):
         return self._len
 
+    def fingerprint(self):
+        """A Dataset's items are not read twice: its type and length only."""
+        return f"dataset:{type(self.dataset).__module__}.{type(self.dataset).__name__}:" \
+               f"{self._len}"
+
     @property
     def has_labels(self):
         if self._has_labels is None:
@@ -161,7 +177,7 @@ def _as_source(data, labels=None):
     if isinstance(data, (str, PathLike)):
         images, folder_labels, _ = load_image_folder(data)
         return _ArraySource(images, folder_labels if labels is None else labels,
-                            description=str(data))
+                            description=str(data), fingerprint=files_digest(data))
     if isinstance(data, (np.ndarray, torch.Tensor)):
         return _ArraySource(data, labels)
     if isinstance(data, DataLoader):
