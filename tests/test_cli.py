@@ -59,7 +59,8 @@ def detection_set(tmp_path):
     X[y == 1, :7] += rng.normal(scale=2.0, size=(int(y.sum()), 7)).astype(np.float32)
     data = Bunch(
         X_ref=_features(rng, y_ref), y_ref=y_ref, X=X, y=y, groups=np.arange(n) // 2,
-        attack=np.where(y == 1, "fgsm", "authentic"), eps=np.where(y == 1, 0.03, 0.0),
+        attack=np.where(y == 1, np.where(np.arange(n) % 4 == 1, "fgsm", "pgd"), "authentic"),
+        eps=np.where(y == 1, 0.03, 0.0),
         true_class=cls, pred_class=cls, X_errors=_features(rng, np.array([0, 1])),
         errors_groups=np.array([100, 101]), errors_true_class=np.array([1, 2]),
         errors_pred_class=np.array([0, 1]), layer_sizes=LAYOUT,
@@ -191,7 +192,7 @@ def test_fit_evaluate_round_trip_and_existing_outputs(tmp_path, detection_set, c
     assert rc == 0, err
     assert "fgsm" in out  # the report table on stdout
     report = json.loads((ev / "report.json").read_text())
-    assert report["fgsm"]["n_adv"] == 20
+    assert report["fgsm"]["n_adv"] == report["pgd"]["n_adv"] == 10
     assert (ev / "roc.png").stat().st_size > 1000
     rc, _, err = _run(["evaluate", "--model", str(model), "--data", str(detection_set),
                        "--out", str(ev)], capsys)
@@ -245,6 +246,27 @@ def test_pickled_models_need_trust_pickle(tmp_path, detection_set, capsys):
     rc, _, err = _run(["evaluate", "--model", str(good), "--data", str(detection_set),
                        "--out", str(tmp_path / "ev3")], capsys)
     assert json.loads((tmp_path / "ev3" / "report.json").read_text()) == ref
+
+
+def test_benchmark_on_a_detection_set(tmp_path, detection_set, capsys):
+    pytest.importorskip("sklearn_advdet.experiments.benchmark")
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--detection-set", str(detection_set), "--detector", "knn_score",
+            "--protocol", "known", "--protocol", "leave_one_attack_out",
+            "--n-bootstrap", "20", "--out", str(out)]
+    rc, printed, err = _run(argv, capsys)
+    assert rc == 0, err
+    doc = json.loads((out / "results.json").read_text())
+    assert "knn_score" in json.dumps(doc["results"]) and "knn_score" in printed
+    assert "leave" in (out / "results.md").read_text().lower()
+    rc, _, err = _run(argv, capsys)  # an existing run is not replaced by accident
+    _one_line_error(rc, err, "--resume")
+    rc, _, err = _run(argv[:4] + ["frobnicate"] + argv[5:-1] + [str(tmp_path / "b2")], capsys)
+    _one_line_error(rc, err, "frobnicate")
+    assert not (tmp_path / "b2").exists()
+    rc, _, err = _run(["benchmark", "--digits", "--attack", "fgsm", "--out",
+                       str(tmp_path / "b3")], capsys)
+    _one_line_error(rc, err, "go with --data")
 
 
 def test_help_warns_about_pickle_and_imports_no_torch():

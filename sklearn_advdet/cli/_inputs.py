@@ -9,9 +9,10 @@ import zlib
 from pathlib import Path
 
 from ._errors import USER_ERRORS, UsageError, one_line
+from ._parser import parse_eps
 
 __all__ = ["check_device", "load_model", "load_images", "read_detection_set",
-           "load_fitted", "torch_threads"]
+           "load_fitted", "torch_threads", "parse_attack_option"]
 
 # what reading a damaged file raises besides the user errors
 _READ_ERRORS = USER_ERRORS + (RuntimeError, pickle.UnpicklingError, tarfile.TarError,
@@ -157,3 +158,22 @@ def _load_pickle(path):
     if not isinstance(obj, dict) or "pipeline" not in obj or "layout" not in obj:
         raise UsageError(f"--model {path} was not written by `advdet fit`")
     return obj["pipeline"], {k: v for k, v in obj.items() if k != "pipeline"}
+
+
+_ATTACK_ALIASES = {"itc": "iterative_target_class"}
+
+
+def parse_attack_option(text, known):
+    """``'fgsm:8/255'`` -> ``('fgsm', 0.0313...)``; ``'lbfgs'`` -> ``('lbfgs', None)``."""
+    name, _, eps = text.partition(":")
+    name = name.strip().lower().replace("-", "")
+    name = _ATTACK_ALIASES.get(name, name)
+    if name not in known:
+        raise UsageError(f"--attack {text}: unknown attack {name!r}; choose among "
+                         f"{', '.join(sorted(known))}")
+    if not eps:
+        return (name, None)
+    try:
+        return (name, parse_eps(eps))
+    except Exception as exc:  # argparse.ArgumentTypeError
+        raise UsageError(f"--attack {text}: {exc}") from None

@@ -53,13 +53,14 @@ def _non_empty(path):
     return path.is_dir() and any(path.iterdir())
 
 
-def check_out_dir(path, *, overwrite=False, resume=False, option="--out"):
-    """Refuse a folder ``path`` that is a file, or not empty without a flag."""
+def check_out_dir(path, *, overwrite=False, resume=False, resumable=False, option="--out"):
+    """Refuse a folder ``path`` that is a file, or not empty without a flag
+    (``--overwrite``, or ``--resume`` for a ``resumable`` command)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option} {path} is a file: give a folder path")
     if _non_empty(path) and not (overwrite or resume):
-        hint = "--resume to continue it, --overwrite" if resume else "--overwrite"
+        hint = "--resume to continue it, --overwrite" if resumable else "--overwrite"
         raise UsageError(
             f"{option} {path} exists and is not empty: pass {hint} to replace it, "
             "or choose another folder"

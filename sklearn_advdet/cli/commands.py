@@ -7,11 +7,9 @@ from pathlib import Path
 
 from ._errors import UsageError
 from ._inputs import (check_device, load_fitted, load_images, load_model,
-                      read_detection_set, torch_threads)
+                      parse_attack_option, read_detection_set, torch_threads)
 from ._output import (check_out_dir, check_out_file, created_dir, staged_dir,
                       staged_file)
-from ._parser import parse_eps
-
 __all__ = ["cmd_demo", "cmd_extract", "cmd_attack", "cmd_fit", "cmd_evaluate",
            "cmd_reproduce", "cmd_benchmark"]
 
@@ -53,7 +51,8 @@ def cmd_extract(args):
     import numpy as np
 
     device = check_device(args.device)
-    check_out_dir(args.out, overwrite=args.overwrite, resume=True)
+    check_out_dir(args.out, overwrite=args.overwrite, resume=args.resume,
+                  resumable=True)
     torch_threads(args.n_jobs)
     from ..deep.extraction import FeatureExtractor
 
@@ -73,25 +72,6 @@ def cmd_extract(args):
 
 
 # ---------------------------------------------------------------- attack
-_ATTACK_ALIASES = {"itc": "iterative_target_class"}
-
-
-def parse_attack_option(text, known):
-    """``'fgsm:8/255'`` -> ``('fgsm', 0.0313...)``; ``'lbfgs'`` -> ``('lbfgs', None)``."""
-    name, _, eps = text.partition(":")
-    name = name.strip().lower().replace("-", "")
-    name = _ATTACK_ALIASES.get(name, name)
-    if name not in known:
-        raise UsageError(f"--attack {text}: unknown attack {name!r}; choose among "
-                         f"{', '.join(sorted(known))}")
-    if not eps:
-        return (name, None)
-    try:
-        return (name, parse_eps(eps))
-    except Exception as exc:  # argparse.ArgumentTypeError
-        raise UsageError(f"--attack {text}: {exc}") from None
-
-
 def cmd_attack(args):
     import numpy as np
 
@@ -99,10 +79,11 @@ def cmd_attack(args):
 
     attacks = [parse_attack_option(a, ATTACKS) for a in args.attack]
     device = check_device(args.device)
-    check_out_dir(args.out, overwrite=args.overwrite, resume=True)
+    check_out_dir(args.out, overwrite=args.overwrite, resume=args.resume,
+                  resumable=True)
     torch_threads(args.n_jobs)
     from ..datasets import save_detection_set
-    from ..deep.detection import build_detection_set
+    from ..deep.attack_sets import build_detection_set
 
     model = load_model(args.depth, args.weights)
     ref_images, ref_labels, _ = load_images(args.reference_data, args.reference_limit,
@@ -133,7 +114,7 @@ def _reference(args, data):
 
     if args.reference is None:
         return data.X_ref, data.y_ref
-    from ..deep.store import open_store
+    from ..store import open_store
 
     try:
         store = open_store(args.reference)
@@ -252,7 +233,8 @@ def cmd_evaluate(args):
 # ------------------------------------------------------------- reproduce
 def cmd_reproduce(args):
     device = check_device(args.device)
-    check_out_dir(args.out, overwrite=args.overwrite, resume=True)
+    check_out_dir(args.out, overwrite=args.overwrite, resume=args.resume,
+                  resumable=True)
     torch_threads(args.n_jobs)
     from ..experiments.reproduce import reproduce
 
@@ -263,6 +245,7 @@ def cmd_reproduce(args):
     return 0
 
 
-def cmd_benchmark(args):  # added to the parser only when its driver exists
-    raise UsageError("`advdet benchmark` needs sklearn_advdet.experiments.benchmark, "
-                     "which this installation lacks")
+def cmd_benchmark(args):  # in the parser only where its driver exists
+    from ._benchmark import run
+
+    return run(args)
