@@ -24,6 +24,14 @@ The attacks and their defaults:
 ``iterative_target_class``  The NIPS 2017 toolkit's baseline: steps of
                             1/255 toward a fixed random target class (20, or
                             more where the budget needs them).
+``cw_l2``                   Carlini & Wagner 2017, L2: tanh change of
+                            variables, Adam, binary search over c; the
+                            smallest-L2 adversarial found (no eps).
+``deepfool``                Moosavi-Dezfooli et al. 2016, L2 or L-inf steps
+                            to the nearest linearised boundary, overshoot
+                            0.02 (no eps).
+``apgd``                    Croce & Hein 2020, APGD-CE or -DLR, L-inf eps,
+                            step halving at checkpoints, momentum 0.75.
 ==========================  ===================================================
 
 Each attack returns an :class:`AttackResult` with the adversarial images and a
@@ -55,6 +63,9 @@ identical to the contiguous layout.
 # forward), gradient, lbfgs, noise, runner (registry and batch driver)
 from ._base import AttackResult, eps_from_255
 from ._base import _CHANNELS_LAST_FAILED  # noqa: F401  (tests and benchmarks)
+from .apgd import apgd
+from .cw import cw_l2
+from .deepfool import deepfool
 from .gradient import bim, fgsm, iterative_target_class, mifgsm, pgd
 from .lbfgs import lbfgs
 from .noise import gaussian_noise, sign_noise
@@ -64,7 +75,10 @@ __all__ = [
     "ATTACKS",
     "CPU_CHANNELS_LAST",
     "AttackResult",
+    "apgd",
     "bim",
+    "cw_l2",
+    "deepfool",
     "eps_from_255",
     "fgsm",
     "gaussian_noise",

@@ -19,6 +19,9 @@ from ._base import (
     _model_device_dtype,
     _n_classes,
 )
+from .apgd import apgd
+from .cw import cw_l2
+from .deepfool import deepfool
 from .gradient import bim, fgsm, iterative_target_class, mifgsm, pgd
 from .lbfgs import lbfgs
 from .noise import gaussian_noise, sign_noise
@@ -36,6 +39,9 @@ ATTACKS = {
     "gaussian_noise": gaussian_noise,
     "sign_noise": sign_noise,
     "iterative_target_class": iterative_target_class,
+    "cw_l2": cw_l2,
+    "deepfool": deepfool,
+    "apgd": apgd,
 }
 
 
@@ -73,7 +79,7 @@ def run_attack(
     name : str
         One of the keys of :data:`ATTACKS`: ``"fgsm"``, ``"bim"``, ``"pgd"``,
         ``"mifgsm"``, ``"lbfgs"``, ``"gaussian_noise"``, ``"sign_noise"``,
-        ``"iterative_target_class"``.
+        ``"iterative_target_class"``, ``"cw_l2"``, ``"deepfool"``, ``"apgd"``.
     model : torch.nn.Module
         Classifier taking images in [0, 1] and returning logits.  It is moved to
         ``device`` for the run and back to where it was afterwards.
@@ -83,7 +89,8 @@ def run_attack(
         True classes.
     eps : float or None, default=None
         L-inf budget in [0, 1] units (see :func:`eps_from_255`); needed by all
-        attacks except ``lbfgs`` and ``gaussian_noise`` (given ``std``).
+        attacks except ``lbfgs`` and ``gaussian_noise`` (given ``std``);
+        ``cw_l2`` and ``deepfool`` take none.
     batch_size : int, default=256
         Images per batch.
     device : str or torch.device, default="auto"
