@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from ._errors import UsageError
@@ -40,9 +41,18 @@ def cli_logging(verbose=0, quiet=False):
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    old_showwarning = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        # a warning is one log line, not the source file and line twice
+        text = str(message).strip().splitlines()
+        logger.warning("%s: %s", category.__name__, text[0] if text else "")
+
+    warnings.showwarning = showwarning
     try:
         yield logger
     finally:
+        warnings.showwarning = old_showwarning
         handler.flush()
         logger.removeHandler(handler)
         logger.setLevel(old_level)

@@ -63,8 +63,17 @@ def _n_jobs(text):
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """An option error is ONE line on stderr naming the fix, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _verbosity(p, top):
     default = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of "
+                   "one-line errors", **({"default": False} if top else default))
     group = p.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="count", dest="verbose",
                        help="debug messages too (and the detectors' epoch tables)", **({"default": 0} if top else default))
@@ -189,14 +198,12 @@ def _add_run_commands(sub, benchmark):
 def build_parser(benchmark=None):
     """The ``advdet`` parser; ``benchmark(sub, common, out, existing_path)``
     adds the ``benchmark`` sub-command when its driver is installed."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="advdet",
         description="Detect adversarial images from a classifier's deep features.",
         epilog="A mistake in the input ends in one line and exit status 2; "
                "--debug shows the traceback. " + PICKLE_WARNING,
     )
-    parser.add_argument("--debug", action="store_true",
-                        help="show tracebacks instead of one-line errors")
     _verbosity(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
