@@ -62,33 +62,29 @@ def _compute_pivots(X, y, slices, pivots, medoid_metric, block_size, n_jobs):
     classes, y_idx = np.unique(y, return_inverse=True)
     members = [np.flatnonzero(y_idx == k) for k in range(len(classes))]
     tasks = [(l, k) for l in range(len(slices)) for k in range(len(classes))]
-    if pivots == "centroid":
-        results = [
-            _class_pivot(X[members[k], slice(*slices[l])], pivots, None, block_size)
-            for l, k in tasks
-        ]
-    else:
-        parallel = Parallel(n_jobs=n_jobs, prefer="threads")
-        # parallel over (layer, class): one thread per task; otherwise a
-        # medoid's tiles run on as many threads as BLAS would use
-        n_threads = 1 if effective_n_jobs(n_jobs) > 1 else blas_num_threads()
-        jobs = (
-            delayed(_class_pivot)(
-                X[members[k], slice(*slices[l])],
-                pivots,
-                medoid_metric,
-                block_size,
-                n_threads,
-            )
-            for l, k in tasks
+    # one joblib task per (layer, class): threads by default, and a joblib
+    # backend (Dask, Ray) spreads them over a cluster
+    parallel = Parallel(n_jobs=n_jobs, prefer="threads")
+    # parallel over (layer, class): one thread per task; otherwise a
+    # medoid's tiles run on as many threads as BLAS would use
+    n_threads = 1 if effective_n_jobs(n_jobs) > 1 else blas_num_threads()
+    jobs = (
+        delayed(_class_pivot)(
+            X[members[k], slice(*slices[l])],
+            pivots,
+            medoid_metric,
+            block_size,
+            n_threads,
         )
-        if effective_n_jobs(n_jobs) > 1:
-            # one BLAS thread per task, or the tasks' BLAS thread pools
-            # oversubscribe the cores
-            with threadpool_limits(limits=1, user_api="blas"):
-                results = parallel(jobs)
-        else:
+        for l, k in tasks
+    )
+    if effective_n_jobs(n_jobs) > 1:
+        # one BLAS thread per task, or the tasks' BLAS thread pools
+        # oversubscribe the cores
+        with threadpool_limits(limits=1, user_api="blas"):
             results = parallel(jobs)
+    else:
+        results = parallel(jobs)
     C = len(classes)
     if pivots == "centroid":
         pivot_list = [
