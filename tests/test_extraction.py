@@ -96,7 +96,7 @@ def test_inplace_relu_after_hooked_module_does_not_corrupt():
     torch.manual_seed(1)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(inplace=True),
                         nn.Linear(6, 3))
-    z = torch.randn(20, 3, 2, 2)
+    z = torch.rand(20, 3, 2, 2)
     feats = FeatureExtractor(mlp, layers=["1"], device="cpu", progress=False,
                              include_logits=False).extract(z)
     with torch.no_grad():
@@ -188,13 +188,13 @@ def test_iter_extract_batches():
     x = torch.rand(10, 3, 8, 8)
     fx = FeatureExtractor(model, layers=["0", "4"], device="cpu", batch_size=4,
                           progress=False)
-    gen = fx.iter_extract(x, labels=np.arange(10))
+    gen = fx.iter_extract(x, labels=np.arange(10) % 3)
     parts = list(gen)
     assert [len(p) for p in parts] == [4, 4, 2]
     full = fx.extract(x)
     np.testing.assert_allclose(np.concatenate([p.X for p in parts]), full.X,
                                rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(parts[2].labels, [8, 9])
+    np.testing.assert_array_equal(parts[2].labels, [2, 0])
     assert all_hooks_empty(model)
     gen = fx.iter_extract(x)
     next(gen)
@@ -288,7 +288,7 @@ def test_layer_errors():
 
 def test_input_errors():
     fx = FeatureExtractor(tiny_cnn(), layers=["0"], progress=False)
-    with pytest.raises(TypeError, match="uint8.*float"):
+    with pytest.raises(TypeError, match=r"must be floats in \[0, 1\], got dtype torch.int32"):
         fx.extract(np.zeros((2, 3, 8, 8), dtype=np.int32))
     with pytest.raises(ValueError, match="3 labels for 2 images"):
         fx.extract(np.zeros((2, 3, 8, 8), dtype=np.float32), labels=[0, 1, 2])
@@ -386,3 +386,60 @@ def test_load_image_folder_options(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no image files"):
         load_image_folder(tmp_path / "empty")
+
+
+# ------------------------------------------- inputs checked as the attacks check them
+@pytest.mark.parametrize("bad, error, match", [
+    (lambda x: x * 255, ValueError, r"must be in \[0, 1\].*0-255 images: divide by 255"),
+    (lambda x: x.index_fill(0, torch.tensor([1]), float("nan")), ValueError,
+     "1 NaN or infinite|NaN or infinite"),
+    (lambda x: x - 0.5, ValueError, "normalised images"),
+    (lambda x: x.permute(0, 2, 3, 1).repeat(1, 2, 2, 1), ValueError, "looks like NHWC"),
+    (lambda x: (x * 10).long(), TypeError, "must be floats in"),
+])
+def test_extract_refuses_what_the_attacks_refuse(tmp_path, bad, error, match):
+    from sklearn_advdet.deep.attacks import run_attack
+
+    model = tiny_cnn()
+    x = bad(torch.rand(4, 3, 8, 8))
+    fx = FeatureExtractor(model, layers=["0"], device="cpu", progress=False)
+    with pytest.raises(error, match=match) as ours:
+        fx.extract(x)
+    with pytest.raises(error) as theirs:
+        run_attack("fgsm", model, x, torch.zeros(4, dtype=torch.long), eps=0.1,
+                   device="cpu")
+    assert str(ours.value) == str(theirs.value)  # the same answer everywhere
+    with pytest.raises(error, match=match):
+        fx.extract_to_store(x, tmp_path / "s")
+    assert not (tmp_path / "s").exists()  # refused before anything is written
+    assert all_hooks_empty(model)
+
+
+def test_uint8_images_are_still_divided_by_255():
+    model = tiny_cnn()
+    x = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    fx = FeatureExtractor(model, layers=["0"], device="cpu", progress=False)
+    np.testing.assert_allclose(fx.extract(x).X, fx.extract(x.float() / 255).X,
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_labels_beyond_the_models_classes_and_tuple_outputs():
+    model = tiny_cnn()
+    x = torch.rand(4, 3, 8, 8)
+    fx = FeatureExtractor(model, layers=["0"], device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        fx.extract(x, labels=[0, 1, 2, 3])
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, z):
+            return {"logits": self.net(z), "aux": z}
+
+    with pytest.raises(ValueError, match="output="):
+        FeatureExtractor(Pair(), layers=["net.0"], device="cpu", progress=False).extract(x)
+    got = FeatureExtractor(Pair(), layers=["net.0"], device="cpu", progress=False,
+                           output="logits").extract(x)
+    np.testing.assert_allclose(got.X, fx.extract(x).X, rtol=1e-6, atol=1e-7)

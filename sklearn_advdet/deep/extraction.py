@@ -29,6 +29,7 @@ from .._layout import FeatureLayout
 from .._progress import progress as _progress_bar
 from .._store_fingerprint import array_digest, digest_chunks
 from ..store import FeatureStore, FeatureStoreWriter
+from ._checks import check_images, check_labels, check_output_selector, select_logits
 from .layers import LAYER_PRESETS, resolve_layers
 from .sources import _ArraySource, _as_source
 
@@ -65,7 +66,7 @@ def _run_device(model, device):
 
 
 @contextmanager
-def _session(model, names, device, amp):
+def _session(model, names, device, amp, output=None):
     """Eval mode, hooks, device; everything undone on exit (also on errors)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -101,15 +102,15 @@ def _session(model, names, device, amp):
         x = x.to(device, non_blocking=True)
         if x.dtype == torch.uint8:
             x = x.to(torch.float32) / 255.0
-        elif x.dtype != torch.float32:
+        elif x.is_floating_point() and x.dtype != torch.float32:
             x = x.to(torch.float32)
+        # the same answer as the attacks: floats in [0, 1], NCHW, no NaN/inf
+        check_images(x)
         if use_amp:
             with torch.autocast("cuda", dtype=torch.float16):
-                logits = model(x)
+                logits = select_logits(model(x), output, n=x.shape[0])
         else:
-            logits = model(x)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
+            logits = select_logits(model(x), output, n=x.shape[0])
         missing = [n for n in names if n not in outputs]
         if missing:
             raise RuntimeError(
@@ -118,11 +119,6 @@ def _session(model, names, device, amp):
             )
         feats = [outputs[n] for n in names]
         outputs.clear()
-        if logits.ndim != 2:
-            raise ValueError(
-                f"the model returned shape {tuple(logits.shape)}; expected "
-                "(batch, n_classes) logits"
-            )
         return feats, logits.to(torch.float32)
 
     try:
@@ -156,6 +152,8 @@ def _collect(forward, batches, bar):
     feat_batches, logit_batches, label_batches = [], [], []
     for x, y in batches:
         f, lg = _to_numpy(*forward(x))
+        if y is not None:
+            check_labels(y, len(x), lg.shape[1])
         feat_batches.append(f)
         logit_batches.append(lg)
         label_batches.append(y)
@@ -233,6 +231,16 @@ class FeatureExtractor:
         Show a tqdm progress bar.
     include_logits : bool, default=True
         Append the logits block to ``X``.
+    output : int, str or None, default=None
+        Which entry of a model output that is a tuple/list (int) or a dict
+        (key) holds the logits; None for a model that returns the logits
+        tensor itself (a tuple or dict output is then refused, naming the fix).
+
+    Images are checked batch by batch as the attacks check them
+    (:func:`sklearn_advdet.deep._checks.check_images`): uint8 images are
+    divided by 255; float images must lie in [0, 1] (images in 0..255 or
+    normalised ones are refused, naming the fix), NaN/inf and NHWC arrays are
+    refused. Labels must be class indices below the model's number of classes.
 
     Examples
     --------
@@ -250,7 +258,7 @@ class FeatureExtractor:
     """
 
     def __init__(self, model, layers="auto", device="auto", batch_size=256,
-                 amp=False, progress=True, include_logits=True):
+                 amp=False, progress=True, include_logits=True, output=None):
         self.model = model
         self.layers = layers
         self.device = device
@@ -258,10 +266,12 @@ class FeatureExtractor:
         self.amp = amp
         self.progress = progress
         self.include_logits = include_logits
+        self.output = output
 
     def _prepare(self, data, labels):
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        check_output_selector(self.output)
         names = resolve_layers(self.model, self.layers)
         if labels is not None:
             labels = np.asarray(labels).astype(np.int64, copy=False)
@@ -294,10 +304,12 @@ class FeatureExtractor:
         """
         names, source, device = self._prepare(data, labels)
         n = len(source) or 0
-        with _session(self.model, names, device, self.amp) as forward:
+        with _session(self.model, names, device, self.amp, self.output) as forward:
             for x, y in self._batches(source, 0, n, int(self.batch_size), labels):
                 feats, logits = forward(x)
                 f, lg = _to_numpy(feats, logits)
+                if y is not None:
+                    check_labels(y, len(x), lg.shape[1])
                 yield self._assemble(names, [f], [lg],
                                      None if y is None else [y])
 
@@ -346,7 +358,7 @@ class FeatureExtractor:
         """
         names, source, device = self._prepare(data, labels)
         n = len(source)
-        with _session(self.model, names, device, self.amp) as forward, \
+        with _session(self.model, names, device, self.amp, self.output) as forward, \
                 self._bar(n, nested, desc) as bar:
             feat_batches, logit_batches, label_batches = _collect(
                 forward, self._batches(source, 0, n or 0, int(self.batch_size), labels),
@@ -415,7 +427,7 @@ class FeatureExtractor:
         if labels is not None:
             labels = np.asarray(labels).astype(np.int64, copy=False)
         fingerprint = self._fingerprint(src, names, labels)
-        with _session(self.model, names, device, self.amp) as forward:
+        with _session(self.model, names, device, self.amp, self.output) as forward:
             # a one-image probe gives the layer widths and the logits width
             probe = self._batches(src, 0, 1, 1, labels)
             x, y = next(probe)

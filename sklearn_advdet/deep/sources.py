@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .._store_fingerprint import array_digest, files_digest
+from ._checks import check_images
 from .data import load_image_folder
 
 __all__ = []
@@ -22,23 +23,17 @@ class _ArraySource:
     ordered = True
 
     def __init__(self, images, labels=None, description=None, fingerprint=None):
-        if isinstance(images, np.ndarray):
-            if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
-                raise TypeError(
-                    f"image arrays must be uint8 (0-255) or float (0-1), got "
-                    f"{images.dtype}"
-                )
-        elif isinstance(images, torch.Tensor):
-            if images.dtype != torch.uint8 and not images.is_floating_point():
-                raise TypeError(
-                    f"image tensors must be uint8 (0-255) or float (0-1), got "
-                    f"{images.dtype}"
-                )
-        if images.ndim < 2:
-            raise ValueError(
-                f"images must have a leading sample axis, got shape "
-                f"{tuple(images.shape)}"
-            )
+        if not isinstance(images, (np.ndarray, torch.Tensor)):
+            raise TypeError(f"images must be a numpy array or a tensor, got "
+                            f"{type(images).__name__}")
+        if images.dtype in (np.uint8, torch.uint8):
+            if images.ndim < 2:
+                raise ValueError(f"images must have a leading sample axis, got shape "
+                                 f"{tuple(images.shape)}")
+        else:
+            # the whole set up front, before any store is written: the same
+            # checks (and messages) as the attacks
+            check_images(images)
         self.images = images
         self.labels = labels
         self.description = description or (
