@@ -299,6 +299,9 @@ class Decoder:
         state = node["state"]
         if not isinstance(state, dict):
             raise PersistenceError(f"{where}: malformed object state")
+        odd = [k for k in state if not str(k).isidentifier() or str(k).startswith("__")]
+        if odd:  # attributes of a fitted estimator are plain names
+            raise PersistenceError(f"{where}: attribute name {str(odd[0])[:40]!r} refused")
         obj.__dict__.update({str(k): self.decode(v, f"{where}.{k}") for k, v in state.items()})
         if hook is not None:
             hook.after_load(obj)

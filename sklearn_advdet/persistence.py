@@ -338,8 +338,9 @@ def _read_manifest(zf, path):
         raise PersistenceError(f"{path}: manifest larger than {_MAX_MANIFEST_BYTES} bytes")
     try:
         manifest = json.loads(zf.read(_MANIFEST).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise PersistenceError(f"{path}: {_MANIFEST} is not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PersistenceError(f"{path}: {_MANIFEST} is not valid JSON "
+                               f"({type(exc).__name__}: {exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PersistenceError(f"{path} is not a sklearn_advdet model file")
     if manifest.get("format_version") != FORMAT_VERSION:

@@ -313,6 +313,28 @@ def test_unknown_class_is_refused_before_import(tmp_path, monkeypatch):
     assert not target.exists() and "advdet_evil_mod" not in sys.modules
 
 
+@pytest.mark.parametrize("state, needle", [
+    ({"__class__": None}, "attribute name"),
+    ({"a b": 1}, "attribute name"),
+    ({"C": {"$": "pickle", "v": "gASV"}}, "unknown value tag"),
+    ({"C": {"$": "type", "name": "os.system"}}, "not allowed"),
+    ({"C": {"$": "ndarray", "ref": "arrays/7.npy"}}, "missing array"),
+])
+def test_malformed_state_is_refused(state, needle, tmp_path):
+    root = {"$": "object", "class": "sklearn.linear_model._logistic.LogisticRegression",
+            "id": 0, "state": state}
+    path = _write_zip(tmp_path / "s.advdet", [("manifest.json", _manifest(root))])
+    with pytest.raises(PersistenceError, match=needle):
+        persistence.load(path)
+
+
+def test_deeply_nested_manifest_is_refused(tmp_path):
+    path = _write_zip(tmp_path / "d.advdet", [("manifest.json", '{"format": ' + "[" * 100000
+                                               + "]" * 100000 + "}")])
+    with pytest.raises(PersistenceError):
+        persistence.load(path)
+
+
 @pytest.mark.parametrize("member", ["../outside.npy", "/abs/path.npy", "arrays/../../x.npy",
                                     "arrays\\0.npy", "other.bin"])
 def test_members_outside_the_layout_are_refused(member, tmp_path):
