@@ -443,3 +443,98 @@ def test_labels_beyond_the_models_classes_and_tuple_outputs():
     got = FeatureExtractor(Pair(), layers=["net.0"], device="cpu", progress=False,
                            output="logits").extract(x)
     np.testing.assert_allclose(got.X, fx.extract(x).X, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------ image sources that check themselves
+def _png(rng):
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _make_tar(path, members, mode="w"):
+    import io
+
+    with tarfile.open(path, mode) as t:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def good_tar(tmp_path):
+    rng = np.random.default_rng(0)
+    members = [(f"test/{c}/{i}.png", _png(rng)) for c in ("cat", "dog") for i in range(5)]
+    return _make_tar(tmp_path / "good.tar", members), members
+
+
+def test_whole_tar_reads_and_matches_its_members(good_tar):
+    path, members = good_tar
+    images, labels, classes = load_image_folder(path)
+    assert images.shape == (10, 3, 8, 8) and classes == ["cat", "dog"]
+    np.testing.assert_array_equal(labels, [0] * 5 + [1] * 5)
+    first = np.asarray(Image.open(__import__("io").BytesIO(members[0][1])))
+    np.testing.assert_array_equal(images[0], first.transpose(2, 0, 1))
+
+
+def test_truncated_tar_fails_naming_where(good_tar, tmp_path):
+    path, members = good_tar
+    raw = path.read_bytes()
+    # at a member boundary (tarfile alone would read 6 of 10 images as a whole tar)
+    with tarfile.open(path) as t:
+        boundary = t.getmembers()[6].offset
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(raw[:boundary])
+    with pytest.raises(ValueError, match=r"cut.tar is truncated or damaged after member "
+                                         r"'test/dog/0.png'.*6 members could be read"):
+        load_image_folder(cut)
+    with pytest.raises(ValueError, match="truncated"):
+        list_image_folder(cut)
+    # inside the data of the last member: its end-of-archive block is gone
+    with tarfile.open(path) as t:
+        last = t.getmembers()[-1]
+    cut.write_bytes(raw[:last.offset_data + last.size // 2])
+    with pytest.raises(ValueError, match=r"truncated or damaged after member "
+                                         r"'test/dog/4.png'"):
+        load_image_folder(cut)
+    # a compressed tar cut short
+    gz = _make_tar(tmp_path / "good.tar.gz", members, "w:gz")
+    gz_raw = gz.read_bytes()
+    gz.write_bytes(gz_raw[: len(gz_raw) * 2 // 3])
+    with pytest.raises(ValueError, match="good.tar.gz is truncated or damaged"):
+        load_image_folder(gz)
+
+
+def test_corrupt_members_and_files_fail_naming_them(tmp_path):
+    rng = np.random.default_rng(1)
+    good = _png(rng)
+    tar = _make_tar(tmp_path / "bad.tar", [("a/0.png", good), ("a/1.png", b"garbage"),
+                                          ("b/0.png", good)])
+    with pytest.raises(ValueError, match=r"member 'a/1.png' of .*bad.tar is not a "
+                                         "readable image"):
+        load_image_folder(tar)
+    root = tmp_path / "folder"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        (root / c / "0.png").write_bytes(good)
+    (root / "b" / "1.png").write_bytes(good[: len(good) // 2])  # truncated PNG
+    with pytest.raises(ValueError, match=r"folder/b/1.png is not a readable image"):
+        load_image_folder(root)
+    with pytest.raises(ValueError, match=r"not a readable tar file|damaged or truncated"):
+        (tmp_path / "x.tar").write_bytes(b"\0" * 100 + b"junk")
+        load_image_folder(tmp_path / "x.tar")
+
+
+CIFAR_TEST_TAR = "/work/shared/data/cifar10-jpeg/test.tar"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(CIFAR_TEST_TAR),
+                    reason="the shared CIFAR-10 JPEG tar is not on this machine")
+def test_real_cifar_tar_passes_the_checks():
+    files, labels, classes = list_image_folder(CIFAR_TEST_TAR)
+    assert len(files) == 10000 and len(classes) == 10
+    np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)

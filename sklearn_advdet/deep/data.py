@@ -100,7 +100,9 @@ def list_image_folder(path):
     classes : list of str
         Sorted class-folder names.
     """
-    images, labels, classes = _scan(path)[:3]
+    images, labels, classes, tar = _scan(path)
+    if tar is not None:
+        tar.close()
     return [str(p) for p, _ in images], labels, classes
 
 
@@ -117,9 +119,14 @@ def _scan(path):
         images, labels, classes = _group(entries, str(path))
         return images, labels, classes, None
     if _is_tar_path(path) or tarfile.is_tarfile(path):
-        tar = tarfile.open(path)
         try:
-            entries = [(m.name, m) for m in tar.getmembers() if m.isfile()]
+            tar = tarfile.open(path)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise ValueError(f"{path} is not a readable tar file ({exc}): it is "
+                             "damaged or truncated, fetch it again") from None
+        try:
+            members = _tar_members(tar, path)
+            entries = [(m.name, m) for m in members if m.isfile()]
             images, labels, classes = _group(entries, str(path))
         except BaseException:
             tar.close()
@@ -131,14 +138,63 @@ def _scan(path):
     )
 
 
-def _decode(raw, where, size):
-    from PIL import Image
+def _tar_members(tar, path):
+    """Every member of a tar, refusing one that is cut short.
 
-    with Image.open(raw) as img:
-        img = img.convert("RGB")
-        if size is not None and img.size != size:
-            img = img.resize(size, Image.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
+    ``tarfile`` stops silently at a header that the file ends in the middle
+    of, so a truncated tar would read as a smaller whole one: the archive must
+    end with its end-of-archive block (512 zero bytes) where the last member
+    ends.
+    """
+    try:
+        members = tar.getmembers()
+        tar.fileobj.seek(tar.offset)
+        tail = tar.fileobj.read(512)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        read = tar.members
+        after = f"after member {read[-1].name!r}" if read else "at its start"
+        raise ValueError(f"{path} is truncated or damaged {after} ({exc}): "
+                         f"{len(read)} members could be read; fetch the tar again"
+                         ) from None
+    if len(tail) < 512 or tail.count(0) != 512:
+        after = f"after member {members[-1].name!r}" if members else "at its start"
+        raise ValueError(
+            f"{path} is truncated or damaged {after} (no end-of-archive block at "
+            f"byte {tar.offset}): {len(members)} members could be read; fetch the "
+            "tar again"
+        )
+    return members
+
+
+def _read_member(tar, member, path):
+    """The bytes of one tar member, or a ValueError naming it."""
+    try:
+        f = tar.extractfile(member)
+        data = f.read() if f is not None else None
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ValueError(f"member {member.name!r} of {path} cannot be read ({exc}): "
+                         "the tar is damaged or truncated") from None
+    if data is None or len(data) != member.size:
+        got = 0 if data is None else len(data)
+        raise ValueError(f"member {member.name!r} of {path} is truncated ({got} of "
+                         f"{member.size} bytes): the tar is damaged")
+    return io.BytesIO(data)
+
+
+def _decode(raw, where, size):
+    """One image as a uint8 (H, W, 3) array; a ValueError naming ``where``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(raw) as img:
+            img = img.convert("RGB")
+            if size is not None and img.size != size:
+                img = img.resize(size, Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as exc:
+        raise ValueError(f"{where} is not a readable image ({type(exc).__name__}: "
+                         f"{exc}): remove or replace that file") from None
     return arr
 
 
@@ -191,13 +247,18 @@ def load_image_folder(path, limit=None, per_class=None, size=None):
         for i in idx:
             rel, member = images[i]
             if tar is not None:
-                raw = io.BytesIO(tar.extractfile(member).read())
+                raw = _read_member(tar, member, path)
+                where = f"member {str(rel)!r} of {path}"
             else:
                 raw = Path(path) / rel
-            arrays.append(_decode(raw, rel, size))
+                where = str(raw)
+            arrays.append(_decode(raw, where, size))
     finally:
         if tar is not None:
             tar.close()
+    if len(arrays) != len(idx):  # the count read against the index
+        raise ValueError(f"{path}: {len(arrays)} images were read but the index "
+                         f"lists {len(idx)}")
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(
