@@ -47,6 +47,7 @@ def test_end_to_end(small, tmp_path):
     assert set(loao["held_out"]) == set(FAMILIES)
     assert loao["macro_auc"] == pytest.approx(
         np.mean([c["auc"]["value"] for c in loao["held_out"].values()]))
+    assert loao["macro"]["low"] <= loao["macro_auc"] <= loao["macro"]["high"]
     # the known cell equals a detection report computed by hand on the same split
     from sklearn.model_selection import GroupShuffleSplit
 
@@ -67,7 +68,11 @@ def test_resume_and_cache_guard(small, tmp_path):
         small, tmp_path, detectors=["max_softmax", "logit_mahalanobis_logistic"],
         protocols=["known", "transfer"], n_bootstrap=20)
     cells = sorted(p.relative_to(tmp_path) for p in (tmp_path / "cache").rglob("*.npz"))
-    assert len(cells) == 2 * (1 + 9)
+    features = [p for p in cells if p.parts[1] == "features"]
+    # the frozen reference steps ran once per detector, the cells once per split
+    assert sorted(p.name for p in features) == ["logit_mahalanobis_logistic.npz",
+                                                "max_softmax.npz"]
+    assert len(cells) - len(features) == 2 * (1 + 9)
     stamp = {p: (tmp_path / p).stat().st_mtime_ns for p in cells}
     again = benchmark.run_benchmark_on_detection_set(
         small, tmp_path, detectors=["max_softmax", "logit_mahalanobis_logistic"],

@@ -112,6 +112,16 @@ def test_resampling_is_over_images():
     assert np.diff(narrow.interval("pgd")) < np.diff(wide.interval("pgd"))
 
 
+def test_same_images_same_resamples():
+    """Reports on different rows of the same images draw the same resamples."""
+    y, s, a, g = _data(300, seed=4)
+    full = detection_report(y, s, a, g, n_bootstrap=300, random_state=7)
+    part = (y == 0) | (a == "fgsm")
+    sub = detection_report(y[part], s[part], a[part], g[part], n_bootstrap=300, random_state=7)
+    np.testing.assert_array_equal(sub.bootstrap["fgsm"]["auc"], full.bootstrap["fgsm"]["auc"])
+    assert sub.interval("fgsm") == full.interval("fgsm")
+
+
 def test_outputs_round_trip(tmp_path):
     y, s, a, g = _data(50)
     rep = detection_report(y, s, a, g, n_bootstrap=50, random_state=0)

@@ -27,8 +27,9 @@ _HEADERS = {
     "fpr_at_tpr": "FPR@95%TPR",
     "eer_accuracy": "EER acc",
 }
-# bootstrap resamples weighted at once: bounds the (chunk, n_rows) matrices
-_CHUNK_ENTRIES = 2**22
+# bootstrap resamples drawn at once: chunk x n_images counts (the weight
+# matrices are chunk x n_rows, a few times that)
+_CHUNK_ENTRIES = 2**17
 
 
 def _check_inputs(y, score, attack, groups):
@@ -64,8 +65,13 @@ def _attack_names(y, attack):
 
 
 def _resample_weights(group_index, n_groups, n_bootstrap, rng):
-    """Yield row-weight matrices of bootstrap resamples over source images, in chunks."""
-    chunk = max(1, min(n_bootstrap, _CHUNK_ENTRIES // max(len(group_index), 1)))
+    """Yield row-weight matrices of bootstrap resamples over source images, in chunks.
+
+    The chunks depend on the number of images only, so two reports on the
+    same images with the same seed draw the same resamples (whatever rows
+    each holds).
+    """
+    chunk = max(1, min(n_bootstrap, _CHUNK_ENTRIES // max(n_groups, 1)))
     done = 0
     while done < n_bootstrap:
         b = min(chunk, n_bootstrap - done)
@@ -91,10 +97,17 @@ class DetectionReport:
     confidence : float
     n_groups : int
         Number of source images resampled.
+    bootstrap : dict or None
+        ``bootstrap[row][metric]``: the value of every resample (NaN where a
+        resample lacks a class), for intervals of derived figures; not
+        written by :meth:`to_dict`. Two reports on the same source images
+        with the same ``random_state`` draw the same resamples.
     """
 
-    def __init__(self, rows, *, n_bootstrap, confidence, n_groups, tpr_level=0.95):
+    def __init__(self, rows, *, n_bootstrap, confidence, n_groups, tpr_level=0.95,
+                 bootstrap=None):
         self.rows = rows
+        self.bootstrap = bootstrap
         self.n_bootstrap = int(n_bootstrap)
         self.confidence = float(confidence)
         self.n_groups = int(n_groups)
@@ -333,4 +346,4 @@ def detection_report(y, score, attack, groups=None, *, n_bootstrap=1000, confide
             row[m] = {"value": v, "low": lo, "high": hi}
         rows[name] = row
     return DetectionReport(rows, n_bootstrap=n_bootstrap, confidence=confidence,
-                           n_groups=n_groups, tpr_level=tpr_level)
+                           n_groups=n_groups, tpr_level=tpr_level, bootstrap=boot)

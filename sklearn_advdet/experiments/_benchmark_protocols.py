@@ -4,7 +4,10 @@ A *cell* is one (protocol, detector, split): the detector is fitted on the
 split's training rows and scores its test rows.  The test scores are cached
 under ``<out_dir>/cache/<protocol>/<detector>/<split>.npz`` (written to a
 temporary file and renamed), so an interrupted benchmark recomputes only the
-cells it had not finished.
+cells it had not finished.  The frozen leading steps of a detector (its
+reference steps: pivots, kNN index, class means, a peer) give the same
+features in every split: they are applied once to all rows and cached under
+``<out_dir>/cache/features/<detector>.npz``; each cell fits the rest.
 """
 
 import os
@@ -14,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.base import clone
+from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GroupShuffleSplit
+from sklearn.pipeline import FeatureUnion, Pipeline
 
 from .._progress import get_logger, progress
 from ..evaluation.splitters import AttackTransferSplit, CrossEpsilonSplit, LeaveOneAttackOut
 from ._benchmark_detectors import detection_scores
 
-__all__ = ["PROTOCOLS", "protocol_splits", "run_cells"]
+__all__ = ["PROTOCOLS", "protocol_splits", "run_cells", "split_frozen"]
 
 #: protocol names, in table order
 PROTOCOLS = ("known", "leave_one_attack_out", "cross_epsilon", "transfer")
@@ -88,16 +93,64 @@ def _save_npz_atomic(path, **arrays):
         raise
 
 
-def _cell(cache, estimator, data, train, test):
+def _is_frozen(step):
+    if isinstance(step, FrozenEstimator):
+        return True
+    return isinstance(step, FeatureUnion) and all(
+        isinstance(t, FrozenEstimator) for _, t in step.transformer_list)
+
+
+def split_frozen(estimator):
+    """``(frozen prefix or None, trainable rest)`` of a detection estimator.
+
+    The leading steps of a Pipeline that are frozen (fitted on the reference
+    set: FrozenEstimator, or a FeatureUnion of them) give the same features
+    in every split, so they are applied once to all rows.
+    """
+    if not isinstance(estimator, Pipeline):
+        return None, estimator
+    steps = estimator.steps
+    n = 0
+    while n < len(steps) - 1 and _is_frozen(steps[n][1]):
+        n += 1
+    if n == 0:
+        return None, estimator
+    rest = steps[n:]
+    return Pipeline(steps[:n]), (rest[0][1] if len(rest) == 1 else Pipeline(rest))
+
+
+def _cell(cache, estimator, X, y, train, test):
     """Test scores of one cell, from the cache or by fitting ``estimator``."""
     if cache.exists():
         with np.load(cache) as f:
             if np.array_equal(f["test"], test):
                 return f["scores"]
-    est = clone(estimator).fit(data.X[train], data.y[train])
-    scores = detection_scores(est, data.X[test])
+    est = clone(estimator).fit(X[train], y[train])
+    scores = detection_scores(est, X[test])
     _save_npz_atomic(cache, test=test, scores=scores)
     return scores
+
+
+def _cached(path, test):
+    with np.load(path) as f:
+        if np.array_equal(f["test"], test):
+            return f["scores"]
+    raise ValueError(f"{path} holds the scores of other test rows: delete it and rerun")
+
+
+def _features_once(name, estimator, data, cache_dir):
+    """The detector's input and trainable part: frozen steps applied once (cached)."""
+    prefix, rest = split_frozen(estimator)
+    if prefix is None:
+        return data.X, rest
+    path = Path(cache_dir) / "features" / f"{_slug(name)}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            if f["Z"].shape[0] == data.X.shape[0]:
+                return f["Z"], rest
+    Z = np.asarray(prefix.transform(data.X))
+    _save_npz_atomic(path, Z=Z)
+    return Z, rest
 
 
 def run_cells(protocol, splits, detectors, data, cache_dir, *, show_progress=False):
@@ -121,10 +174,14 @@ def run_cells(protocol, splits, detectors, data, cache_dir, *, show_progress=Fal
                    desc=f"protocol {protocol}", unit="fit")
     with bar:
         for name, est in detectors.items():
+            X, rest = None, None
             for tr_name, te_name, train, test in splits:
                 path = Path(cache_dir) / protocol / _slug(name) / (
                     f"{_slug(tr_name)}__{_slug(te_name)}.npz")
-                scores = _cell(path, est, data, train, test)
+                if X is None and not path.exists():
+                    X, rest = _features_once(name, est, data, cache_dir)
+                scores = (_cell(path, rest, X, data.y, train, test) if X is not None
+                          else _cached(path, test))
                 out[name].append((tr_name, te_name, test, scores))
                 bar.update(1)
             _log.info("%s: %s done (%d splits)", protocol, name, len(splits))

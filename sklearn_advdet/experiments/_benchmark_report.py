@@ -33,12 +33,7 @@ def summarise(cells, data, *, n_bootstrap, random_state):
                 (_, _, test, scores), = rows
                 res[det] = _report(data, test, scores, n_bootstrap, random_state).to_dict()
             elif protocol == "leave_one_attack_out":
-                per = {}
-                for _, held, test, scores in rows:
-                    rep = _report(data, test, scores, n_bootstrap, random_state)
-                    per[held] = _cell_of(rep, held)
-                res[det] = {"held_out": per,
-                            "macro_auc": float(np.mean([c["auc"]["value"] for c in per.values()]))}
+                res[det] = _loao(rows, data, n_bootstrap, random_state)
             else:
                 train_names = list(dict.fromkeys(r[0] for r in rows))
                 test_names = list(dict.fromkeys(r[1] for r in rows))
@@ -55,6 +50,30 @@ def summarise(cells, data, *, n_bootstrap, random_state):
                             "cells": cells_out}
             out[protocol] = res
     return out
+
+
+def _loao(rows, data, n_bootstrap, random_state):
+    """Held-out cells and their macro; its interval from the shared resamples.
+
+    Every split tests on the same source images (one partition), and the
+    reports draw with the same seed, so resample ``b`` is the same draw of
+    images in every split: the macro of resample ``b`` is the mean of the
+    splits' resample ``b``.
+    """
+    per, boots = {}, []
+    for _, held, test, scores in rows:
+        rep = _report(data, test, scores, n_bootstrap, random_state)
+        per[held] = _cell_of(rep, held)
+        if rep.bootstrap is not None:
+            boots.append(rep.bootstrap[held]["auc"])
+    value = float(np.mean([c["auc"]["value"] for c in per.values()]))
+    macro = {"value": value, "low": None, "high": None}
+    if boots and len({b.shape for b in boots}) == 1:
+        m = np.mean(boots, axis=0)
+        m = m[np.isfinite(m)]
+        if m.size:
+            macro["low"], macro["high"] = (float(q) for q in np.quantile(m, [0.025, 0.975]))
+    return {"held_out": per, "macro_auc": value, "macro": macro}
 
 
 def _fmt(cell, digits=3):
@@ -91,9 +110,9 @@ def _loao_md(res, groups):
     fams = list(next(iter(res.values()))["held_out"])
     text = ["## Leave one attack out (trained on the other attacks, tested on this one)\n",
             "ROC AUC of the held-out attack [95 % interval]; macro = mean over held-out "
-            "attacks (point estimate).\n"]
+            "attacks (interval from the same resamples of the test images).\n"]
     rows = [[d, groups.get(d, "")] + [_fmt(r["held_out"][f]["auc"]) for f in fams]
-            + [f"{r['macro_auc']:.3f}"] for d, r in res.items()]
+            + [_fmt(r["macro"])] for d, r in res.items()]
     text.append(_table(["detector", "kind"] + fams + ["macro"], rows))
     return "\n".join(text)
 
