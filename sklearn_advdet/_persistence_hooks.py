@@ -186,6 +186,23 @@ class _PynndescentIndex(_ArgsIndex):
             return super().load(cls, state, dec, where)
 
 
+class _SkorchDetector(_Hook):
+    """The package's skorch detectors: ``device_`` follows the rebuilt net
+    (the CPU when the file was written on CUDA and this machine has none)."""
+
+    def after_load(self, obj):
+        net = getattr(obj, "net_", None)
+        device = getattr(obj, "device_", None)
+        if net is None or device is None or str(device) == str(net.device):
+            return
+        if isinstance(device, str):
+            obj.device_ = str(net.device)
+        else:
+            import torch
+
+            obj.device_ = torch.device(net.device)
+
+
 class _HistGradientBoosting(_Hook):
     """The loss object (Cython) is rebuilt, the early-stopping scorer dropped."""
 
@@ -287,6 +304,9 @@ def hook_for_class(cls):
         return HOOKS_BY_PATH[path]
     if path in SKORCH_NETS:
         return _SkorchNet()
+    if path.startswith("sklearn_advdet.") and any(
+            k.__name__ == "_SkorchDetector" for k in cls.__mro__):
+        return _SkorchDetector()
     spec = _INDEX_SIGNATURES.get(cls.__name__)
     if spec is not None and path.startswith("sklearn_advdet."):
         args, hook = spec

@@ -234,6 +234,31 @@ def test_loading_consumes_no_global_randomness(tmp_path):
     np.testing.assert_array_equal(torch.rand(3), expected)
 
 
+def test_a_model_saved_on_cuda_loads_on_the_cpu(tmp_path):
+    """A file written on a GPU machine (devices 'cuda') loads here on the CPU
+    with one DeviceWarning and the same probabilities."""
+    import torch
+    from skorch.exceptions import DeviceWarning
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    det, Z = _mlp()
+    good = persistence.save(det, tmp_path / "d.advdet")
+    with zipfile.ZipFile(good) as zf:
+        members = [(n, zf.read(n)) for n in zf.namelist()]
+    text = members[0][1].decode()
+    assert text.count('"device": "cpu"') == 1  # the net's
+    text = text.replace('"device": "cpu"', '"device": "cuda"')
+    text = text.replace('"device_": "cpu"', '"device_": "cuda"')  # the detector's
+    text = text.replace('"v": "cpu"', '"v": "cuda:0"')  # (as a torch.device)
+    gpu = _write_zip(tmp_path / "gpu.advdet", [("manifest.json", text)] + members[1:])
+    with pytest.warns(DeviceWarning) as record:
+        back = persistence.load(gpu)
+    assert len(record) == 1
+    assert str(back.device_) == "cpu" and back.net_.device == "cpu"
+    np.testing.assert_array_equal(back.predict_proba(Z), det.predict_proba(Z))
+
+
 def test_saving_an_unsupported_object_names_it(tmp_path):
     pipe = make_pipeline(FunctionTransformer(np.log1p), LogisticRegression())
     with pytest.raises(PersistenceError, match="FunctionTransformer is not supported"):

@@ -127,6 +127,8 @@ def load_fitted(path, *, trust_pickle=False):
     from .. import persistence
 
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--model {path} is a folder: give the file written by `advdet fit`")
     if persistence.is_model_file(path):
         try:
             obj, meta = persistence.load(path, return_metadata=True)
