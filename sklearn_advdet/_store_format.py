@@ -45,6 +45,27 @@ def _atomic_write_json(path, obj):
     os.replace(tmp, path)
 
 
+def _remove_stale_tmp(path):
+    """Delete ``.<name>.<pid>.tmp`` files of writers that are no longer running."""
+    for f in os.listdir(path):
+        m = re.fullmatch(r"\..+\.(\d+)\.tmp", f)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        try:
+            if pid != os.getpid():
+                os.kill(pid, 0)
+                continue  # that writer is still running
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        try:
+            os.remove(Path(path) / f)
+        except OSError:
+            pass
+
+
 def _malformed(mpath, what):
     return StoreError(f"{mpath} is malformed ({what}): the store is damaged, "
                       "extract it again (resume=False)")

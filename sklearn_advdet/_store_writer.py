@@ -13,7 +13,8 @@ from ._store_fingerprint import check_fingerprint
 from ._store_format import (_CHUNKS, _LOCK, _MANIFEST, STORE_FORMAT, STORE_VERSION,
                             StoreError, _array_entries, _atomic_write_json, _check_npy,
                             _committed, _load_npy, _marker_text, _n_chunks,
-                            _read_generation, _read_manifest, _safe)
+                            _read_generation, _read_manifest, _remove_stale_tmp,
+                            _safe)
 from ._store_lock import store_lock
 
 __all__ = ["FeatureStoreWriter"]
@@ -185,6 +186,7 @@ class FeatureStoreWriter:
                 "or new directory"
             )
         shutil.rmtree(path / _CHUNKS, ignore_errors=True)
+        _remove_stale_tmp(path)
         for _, entry in _array_entries(manifest):
             if entry["file"].startswith("meta_"):
                 continue
@@ -359,6 +361,7 @@ class FeatureStoreWriter:
         self.manifest = manifest
         # the markers are no longer needed once the manifest says complete
         shutil.rmtree(self.path / _CHUNKS, ignore_errors=True)
+        _remove_stale_tmp(self.path)
         return True
 
     def _check_generation(self):
