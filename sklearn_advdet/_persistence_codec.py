@@ -9,7 +9,6 @@ of the file is ever called or unpickled.
 """
 
 import math
-import numbers
 
 import numpy as np
 
@@ -59,9 +58,7 @@ class Encoder:
         return self._array_ids[key]
 
     def encode(self, value, where):  # noqa: C901 - one branch per kind of value
-        if value is None or isinstance(value, (bool, str)):
-            return value
-        if isinstance(value, numbers.Integral) and type(value) is int:
+        if value is None or type(value) in (bool, str, int):
             return value
         if type(value) is float:
             if math.isfinite(value):

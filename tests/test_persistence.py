@@ -428,3 +428,47 @@ def test_tree_links_out_of_range_are_refused(tmp_path):
     bad = _write_zip(tmp_path / "bad.advdet", edited)
     with pytest.raises(PersistenceError, match="links out of range"):
         persistence.load(bad)
+
+
+def test_every_kind_of_value_round_trips(tmp_path):
+    import torch
+
+    shared = np.arange(6.0).reshape(2, 3)
+    rs = np.random.RandomState(3)
+    gen = np.random.default_rng(4)
+    inner = StandardScaler().fit(X_DET)
+    value = {
+        "floats": [float("nan"), float("inf"), -float("inf"), 0.1, -0.0],
+        "ints": [0, -(2**70), True, None], "complex": 1 - 2j, "tuple": (1, ("a",)),
+        "set": {3, 1}, "frozenset": frozenset({"x"}), "slice": slice(1, None, 2),
+        (1, 2): "tuple key", 7: "int key",
+        "dtype": np.dtype([("a", "<i4"), ("b", "<f8", (2,))]), "dtypes": [np.dtype("f4")],
+        "types": [np.float32, np.int64, float, str],
+        "scalars": [np.float32(1.5), np.int64(-3), np.bool_(True), np.str_("s")],
+        "structured": np.zeros(3, dtype=[("a", "<i4"), ("b", "<f8")]),
+        "strings": np.array(["a", "bc"], dtype=object), "unicode": np.array(["é", "x"]),
+        "objects": np.array([inner, None], dtype=object),
+        "same1": shared, "same2": shared, "est1": inner, "est2": inner,
+        "rs": rs, "gen": gen, "tensor": torch.arange(4, dtype=torch.float32),
+        "device": torch.device("cpu"), "torch_dtype": torch.float16,
+    }
+    est = LogisticRegression()
+    est.extra_ = value
+    back = persistence.load(persistence.save(est, tmp_path / "v.advdet")).extra_
+    assert set(back) == set(value)
+    assert np.isnan(back["floats"][0]) and back["floats"][1:] == value["floats"][1:]
+    assert str(back["floats"][-1]) == "-0.0"
+    for key in ("ints", "complex", "tuple", "set", "frozenset", "slice", (1, 2), 7, "dtype",
+                "dtypes", "types", "device", "torch_dtype"):
+        assert back[key] == value[key] and type(back[key]) is type(value[key]), key
+    assert [type(v) for v in back["scalars"]] == [type(v) for v in value["scalars"]]
+    assert back["scalars"] == value["scalars"]
+    for key in ("structured", "unicode", "strings"):
+        np.testing.assert_array_equal(back[key], value[key])
+        assert back[key].dtype == value[key].dtype, key
+    assert back["same1"] is back["same2"] and back["est1"] is back["est2"]
+    assert back["objects"][0] is back["est1"] and back["objects"][1] is None
+    np.testing.assert_array_equal(back["est1"].transform(X_DET), inner.transform(X_DET))
+    assert back["rs"].randint(1000) == rs.randint(1000)
+    assert back["gen"].integers(1000) == gen.integers(1000)
+    assert torch.equal(back["tensor"], value["tensor"])
