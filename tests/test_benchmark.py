@@ -97,3 +97,39 @@ def test_bad_arguments(small, tmp_path):
         benchmark.run_benchmark_on_detection_set({"X": small["X"]}, tmp_path)
     with pytest.raises(ValueError, match="depth="):
         benchmark.run_benchmark(out_dir=tmp_path)
+
+
+def test_run_benchmark_with_a_torch_model(tmp_path):
+    """The torch path: attack a tiny CNN, build the set once (resumable stores), benchmark."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    rng = np.random.RandomState(0)
+
+    def images(n):
+        y = rng.randint(3, size=n)
+        x = rng.rand(n, 1, 8, 8).astype(np.float32) * 0.3
+        for c in range(3):
+            x[y == c, 0, 2 * c : 2 * c + 2, :] += 0.6
+        return np.clip(x, 0, 1), y
+
+    X_ref, y_ref = images(120)
+    X_test, y_test = images(60)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(256, 16), torch.nn.ReLU(),
+                                torch.nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.from_numpy(X_ref)),
+                                          torch.from_numpy(y_ref)).backward()
+        opt.step()
+    model.eval()
+    kwargs = dict(out_dir=tmp_path, attacks=[("fgsm", [0.3, 0.5]), ("pgd", [0.3])],
+                  layers=["1", "4"], detectors=["max_softmax", "logit_mahalanobis_logistic"],
+                  protocols=["known", "leave_one_attack_out"], n_bootstrap=20, device="cpu")
+    res = benchmark.run_benchmark(model, X_ref, y_ref, X_test, y_test, **kwargs)
+    assert (tmp_path / "detection_set" / "reference").is_dir()
+    held = res["results"]["leave_one_attack_out"]["max_softmax"]["held_out"]
+    assert set(held) == {"fgsm", "pgd"}
+    again = benchmark.run_benchmark(model, X_ref, y_ref, X_test, y_test, **kwargs)
+    assert again["results"] == res["results"]
