@@ -153,3 +153,19 @@ def test_plots_return_axes(scored, tmp_path):
     assert len(ax2.get_legend().get_texts()) == 4
     ax.figure.savefig(tmp_path / "roc.png")
     assert (tmp_path / "roc.png").stat().st_size > 1000
+
+
+def test_text_report_is_the_evaluation_report(scored):
+    """metrics.detection_report is the point-estimate view of evaluation.detection_report."""
+    from sklearn_advdet.evaluation import detection_report as full_report
+
+    y, s, a = scored
+    d = metrics.detection_report(y, s, a, tpr=0.9, output_dict=True)
+    full = full_report(y, s, a, n_bootstrap=0, tpr_level=0.9)
+    for name in ("fgsm", "pgd", "noise", "overall"):
+        assert d[name]["auc"] == full.value(name, "auc")
+        assert d[name]["eer_accuracy"] == full.value(name, "eer_accuracy")
+        assert d[name]["fpr_at_tpr"] == full.value(name, "fpr_at_tpr")
+        m = (y == 0) | (a == name) if name != "overall" else np.ones(len(y), bool)
+        assert d[name]["fpr_at_tpr"] == pytest.approx(metrics.fpr_at_tpr(y[m], s[m], 0.9))
+    assert d["macro AUC"]["auc"] == full.value("macro")
