@@ -117,6 +117,15 @@ def _check_eps(eps, name="eps", *, required=True, attack=None):
     return eps
 
 
+def _no_budget(eps, attack):
+    """Minimal-perturbation attacks (CW-L2, DeepFool) take no eps."""
+    if eps is not None:
+        raise ValueError(
+            f"{attack} is a minimal-perturbation attack and takes no eps budget: leave "
+            "eps=None (it stops just past the decision boundary)"
+        )
+
+
 def _check_positive_int(value, name):
     return check_int(value, name, 1)
 

@@ -10,10 +10,10 @@ from ._base import (
     _finish,
     _forward,
     _make_generator,
+    _no_budget,
     _prepare,
     _resolve_target,
 )
-from .deepfool import _no_budget
 
 __all__ = ["cw_l2"]
 

@@ -6,17 +6,9 @@ import torch
 
 from ..._validation import check_int, check_real
 from .._checks import check_labels
-from ._base import _attack_mode, _finish, _forward, _make_generator, _prepare
+from ._base import _attack_mode, _finish, _forward, _make_generator, _no_budget, _prepare
 
 __all__ = ["deepfool"]
-
-
-def _no_budget(eps, attack):
-    if eps is not None:
-        raise ValueError(
-            f"{attack} is a minimal-perturbation attack and takes no eps budget: leave "
-            "eps=None (it stops just past the decision boundary)"
-        )
 
 
 def _candidates(logits, labels, n_candidates):
