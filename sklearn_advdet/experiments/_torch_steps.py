@@ -5,7 +5,8 @@
 :class:`~sklearn_advdet.deep.extraction.FeatureExtractor`: pooled hooked
 layers, then the logits) to the detector's logit, so that
 ``sigmoid(logit) == pipeline.predict_proba(X)[:, 1]``.  Every module computes
-what the numpy step computes, in float32; a step without a converter raises a
+what the numpy step computes, in float32 (the pivot distances in float64, as
+numpy computes them); a step without a converter raises a
 TypeError naming it.  The neighbour steps (kNN class score, LID) search the
 reference set as a float32 tensor: a screening GEMM picks the ``k`` nearest,
 whose distances are then recomputed from coordinate differences.
@@ -92,16 +93,23 @@ def _distances_to(X, P, metric):
 
 
 class _Pivots(_Buffers):
+    """PivotEmbedder, in float64 like the numpy step, float32 out.
+
+    Cosine similarities of ReLU features cluster near 1: in float32 their
+    rounding, magnified by a following standardisation, moved p_adv by 3e-5.
+    """
+
     def __init__(self, est):
         super().__init__()
         self.metric = est.metric
         self.slices = [est.layout_.slice_of(i) for i in est.layer_indices_]
         for j, P in enumerate(est.pivots_):
-            self._put(f"pivots_{j}", P)
+            self.register_buffer(f"pivots_{j}", torch.as_tensor(np.asarray(P, np.float64)))
 
     def forward(self, X):
+        X = X.to(torch.float64)
         return torch.cat([_distances_to(X[:, sl], getattr(self, f"pivots_{j}"), self.metric)
-                          for j, sl in enumerate(self.slices)], dim=1)
+                          for j, sl in enumerate(self.slices)], dim=1).to(torch.float32)
 
 
 class _LogitStats(nn.Module):

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import threading
+import warnings
 
 import torch
 from torch import nn
@@ -292,15 +293,24 @@ def export_guarded(guarded, path, example_input, *, dynamic_batch=True):
     dyn = None
     if dynamic_batch:
         dyn = {"x": {0: torch.export.Dim("batch", min=1, max=2**20)}}
-    program = torch.export.export(guarded, (x,), dynamic_shapes=dyn)
-    tmp = pt2 + ".tmp"
-    torch.export.save(program, tmp)
+    with warnings.catch_warnings():
+        # nn.LSTM re-assigns its flat weight list during tracing: harmless here,
+        # the weights are the module's registered parameters
+        warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights")
+        program = torch.export.export(guarded, (x,), dynamic_shapes=dyn)
     info = guarded.metadata()
     info["input_shape"] = [None if dynamic_batch else x.shape[0]] + list(x.shape[1:])
-    with open(meta + ".tmp", "w") as fh:
-        json.dump(info, fh, indent=2)
-    os.replace(tmp, pt2)
-    os.replace(meta + ".tmp", meta)
+    tmp, tmp_meta = pt2[:-4] + ".tmp.pt2", meta + ".tmp"
+    try:
+        torch.export.save(program, tmp)
+        with open(tmp_meta, "w") as fh:
+            json.dump(info, fh, indent=2)
+        os.replace(tmp, pt2)
+        os.replace(tmp_meta, meta)
+    finally:  # no partial file left behind
+        for leftover in (tmp, tmp_meta):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     return pt2, meta
 
 
