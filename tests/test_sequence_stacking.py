@@ -14,6 +14,7 @@ from sklearn_advdet import (
     FeatureLayout,
     KNNClassScorer,
     LayerSequenceUnion,
+    LIDScorer,
     LogitFeatures,
     MahalanobisScorer,
     PivotEmbedder,
@@ -36,6 +37,7 @@ def _fitted(layers="all"):
         "piv": PivotEmbedder(LAYOUT).fit(X, y),
         "knn": KNNClassScorer(LAYOUT, layers=layers, n_neighbors=7).fit(X, y),
         "maha": MahalanobisScorer(LAYOUT).fit(X, y),
+        "lid": LIDScorer(LAYOUT, n_neighbors=5).fit(X, y),
     }
 
 
@@ -54,11 +56,13 @@ def test_step_major_order_matches_hand_built_reshape():
     P = fitted["piv"].transform(X)          # (n, 3 * 3), layer-major
     K = fitted["knn"].transform(X)          # (n, 3)
     M = fitted["maha"].transform(X)         # (n, 3)
+    D = fitted["lid"].transform(X)          # (n, 3)
     F = LogitFeatures(LAYOUT, features=["margin", "energy", "entropy", "max_logit",
                                         "max_softmax"]).fit_transform(X)
-    steps = [np.hstack([P[:, 3 * l:3 * l + 3], K[:, [l]], M[:, [l]]]) for l in range(3)]
-    C = 5
-    static = np.zeros((len(X), 5))          # K = 5 static values in one padded step
+    steps = [np.hstack([P[:, 3 * l:3 * l + 3], K[:, [l]], M[:, [l]], D[:, [l]]])
+             for l in range(3)]
+    C = 6
+    static = np.zeros((len(X), C))          # K = 5 static values in one padded step
     static[:, :5] = F
     expected = np.stack(steps + [static], axis=1)   # (n, steps, channels)
     assert (union.n_layers_, union.n_steps_, union.n_channels_) == (3, 4, C)
@@ -67,12 +71,12 @@ def test_step_major_order_matches_hand_built_reshape():
     np.testing.assert_allclose(S, expected.reshape(len(X), -1), rtol=1e-6)
     names = union.get_feature_names_out()
     assert len(names) == S.shape[1] == len(set(names))
-    assert list(names[:5]) == ["piv__layer0_class0", "piv__layer0_class1",
+    assert list(names[:6]) == ["piv__layer0_class0", "piv__layer0_class1",
                                "piv__layer0_class2", "knn__knn_score_layer0",
-                               "maha__mahalanobis_layer0"]
-    assert list(names[15:]) == ["logit__margin", "logit__energy", "logit__entropy",
-                                "logit__max_logit", "logit__max_softmax"]
-    assert union.channel_widths_ == {"piv": 3, "knn": 1, "maha": 1}
+                               "maha__mahalanobis_layer0", "lid__lid_layer0"]
+    assert list(names[18:]) == ["logit__margin", "logit__energy", "logit__entropy",
+                                "logit__max_logit", "logit__max_softmax", "pad__0"]
+    assert union.channel_widths_ == {"piv": 3, "knn": 1, "maha": 1, "lid": 1}
     assert union.layer_names_ == ["layer0", "layer1", "layer2"]
 
 
