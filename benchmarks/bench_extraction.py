@@ -68,7 +68,7 @@ def timed(fn):
 
 def pooling_cost(model, names, batch, device):
     """CPU time of the hooks' own work (pooling + copies) for one batch, alone."""
-    from sklearn_advdet.deep.extraction import _pool, _to_numpy
+    from sklearn_advdet.deep._hooks import _pool, _to_numpy
 
     outs, handles = {}, []
     modules = dict(model.named_modules())

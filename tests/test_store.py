@@ -492,3 +492,113 @@ def test_malformed_json_and_array_files(tmp_path, data):
     (path / "labels.npy").write_bytes(b"not an array")
     with pytest.raises(StoreError, match="labels.npy"):
         st.labels
+
+
+# ------------------------------------------------- streamed sources, shards, merge
+def _tar_of_images(path, n_per_class=6, classes=("a", "b", "c")):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    with tarfile.open(path, "w") as t:
+        for c in classes:
+            for i in range(n_per_class):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                    buf, "PNG")
+                info = tarfile.TarInfo(f"split/{c}/{i:03d}.png")
+                info.size = len(buf.getvalue())
+                t.addfile(info, io.BytesIO(buf.getvalue()))
+    return path
+
+
+def test_streamed_tar_equals_the_decoded_array(tmp_path):
+    from sklearn_advdet.deep.data import load_image_folder
+
+    tar = _tar_of_images(tmp_path / "imgs.tar")
+    images, labels, _ = load_image_folder(tar)
+    ref = extractor().extract(images, labels=labels)
+    for workers in (0, 2):
+        got = extractor(num_workers=workers).extract(tar)
+        np.testing.assert_array_equal(got.labels, labels)
+        np.testing.assert_allclose(got.X, ref.X, rtol=1e-6, atol=1e-7)
+
+
+def test_shards_merged_equal_one_extraction(tmp_path):
+    from sklearn_advdet.store import merge_stores
+
+    tar = _tar_of_images(tmp_path / "imgs.tar")  # 18 images
+    meta = {"row": np.arange(18) * 3}
+    whole = extractor().extract_to_store(tar, tmp_path / "whole", chunk_size=CHUNK,
+                                         metadata=meta)
+    shards = [extractor(num_workers=1 if i == 1 else 0).extract_to_store(
+        tar, tmp_path / f"shard{i}", chunk_size=CHUNK, metadata=meta, shard=(i, 3))
+        for i in range(3)]
+    assert [len(s) for s in shards] == [6, 6, 6]
+    assert [s.manifest["shard"]["start"] for s in shards] == [0, 6, 12]
+    merged = merge_stores([s.path for s in shards[::-1]], tmp_path / "merged")
+    assert merged.layout == whole.layout and len(merged) == 18
+    np.testing.assert_allclose(merged.X, whole.X, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(merged.predictions, whole.predictions)
+    np.testing.assert_array_equal(merged.labels, whole.labels)
+    np.testing.assert_array_equal(merged.metadata["row"], meta["row"])
+    assert merged.fingerprint == whole.fingerprint and merged.source == whole.source
+    # a resume of the whole extraction into the merged store finds nothing to do
+    again = extractor().extract_to_store(tar, tmp_path / "merged", chunk_size=CHUNK,
+                                         metadata=meta)
+    assert again.generation == merged.generation
+    # a shard store is not resumable as another shard
+    with pytest.raises(StoreError, match="shard differ"):
+        extractor().extract_to_store(tar, tmp_path / "shard0", chunk_size=CHUNK,
+                                     metadata=meta, shard=(1, 3))
+
+
+def test_bad_shards_are_named_and_never_merged(tmp_path):
+    from sklearn_advdet.store import merge_stores
+
+    tar = _tar_of_images(tmp_path / "imgs.tar")
+    paths = [extractor().extract_to_store(tar, tmp_path / f"s{i}", chunk_size=CHUNK,
+                                          shard=(i, 3)).path for i in range(3)]
+    out = tmp_path / "out"
+    # a partial shard (only its first chunk)
+    extractor().extract_to_store(tar, tmp_path / "partial", chunk_size=2,
+                                 shard=(1, 3), stop=2)
+    with pytest.raises(StoreError, match=r"shard .*partial cannot be merged: .*incomplete"):
+        merge_stores([paths[0], tmp_path / "partial", paths[2]], out)
+    # a corrupt shard (truncated array)
+    f = paths[2] / "logits.npy"
+    good = f.read_bytes()
+    f.write_bytes(good[:-8])
+    with pytest.raises(StoreError, match=r"shard .*s2 cannot be merged: .*truncated"):
+        merge_stores(paths, out)
+    f.write_bytes(good)
+    # a shard of another model, a duplicate and a missing one
+    extractor(tiny_cnn(seed=5)).extract_to_store(tar, tmp_path / "other", chunk_size=CHUNK,
+                                                 shard=(1, 3))
+    with pytest.raises(StoreError, match=r"shard .*other cannot be merged: its input "
+                                         "fingerprint differs"):
+        merge_stores([paths[0], tmp_path / "other", paths[2]], out)
+    with pytest.raises(StoreError, match="both shard 0 of 3"):
+        merge_stores([paths[0], paths[0], paths[2]], out)
+    with pytest.raises(StoreError, match=r"shards \[1\] of 3 are missing"):
+        merge_stores([paths[0], paths[2]], out)
+    with pytest.raises(StoreError, match="no shard information"):
+        merge_stores([extractor().extract_to_store(tar, tmp_path / "plain").path], out)
+    assert not out.exists()  # nothing was ever written
+    assert len(merge_stores(paths, out)) == 18
+
+
+def test_corrupt_member_in_a_worker_is_named(tmp_path):
+    import io
+    import tarfile
+
+    tar = _tar_of_images(tmp_path / "imgs.tar", n_per_class=2)
+    with tarfile.open(tar, "a") as t:
+        info = tarfile.TarInfo("split/c/zzz.png")
+        info.size = 7
+        t.addfile(info, io.BytesIO(b"garbage"))
+    with pytest.raises(ValueError, match=r"member 'split/c/zzz.png' of .*imgs.tar is not "
+                                         "a readable image"):
+        extractor(num_workers=1).extract(tar)

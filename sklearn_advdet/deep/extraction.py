@@ -16,149 +16,22 @@ Guarantees of every run:
   train/eval flag of every submodule is restored afterwards, and so is the
   model's device when the run moved it.
 """
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import torch
-from torch import nn
 
-from .._device import module_device, resolve_device
 from .._layout import FeatureLayout
 from .._progress import progress as _progress_bar
-from .._store_fingerprint import array_digest, digest_chunks
+from .._store_fingerprint import array_digest
 from ..store import FeatureStore, FeatureStoreWriter
-from ._checks import check_images, check_labels, check_output_selector, select_logits
+from ._checks import check_labels, check_output_selector
+from ._hooks import _collect, _pool, _run_device, _session, _to_numpy  # noqa: F401
 from .layers import LAYER_PRESETS, resolve_layers
-from .sources import _ArraySource, _as_source
+from .sources import _ArraySource, _as_source, _shard, model_digest
 
 __all__ = ["FeatureExtractor", "ExtractedFeatures", "extract_features",
            "resolve_layers", "LAYER_PRESETS"]
-
-
-# ------------------------------------------------------------------ engine
-def _pool(name, out):
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(
-            f"module {name!r} returned {type(out).__name__}, not a tensor: hook "
-            "a module whose output is a tensor"
-        )
-    if out.ndim > 2:
-        return out.mean(dim=tuple(range(2, out.ndim)), dtype=torch.float32)
-    if out.ndim == 2:
-        return out.detach().to(torch.float32, copy=True)
-    return out.detach().to(torch.float32, copy=True).reshape(-1, 1)
-
-
-def _run_device(model, device):
-    """``device=`` of an extraction: None is the model's own device, "auto"
-    the model's CUDA device when it has one, else the package's resolver."""
-    if device is None:
-        return module_device(model, default=torch.device("cpu"))
-    if isinstance(device, str) and device == "auto":
-        own = module_device(model)
-        if own is not None and own.type == "cuda":
-            return own
-    return resolve_device(device)
-
-
-@contextmanager
-def _session(model, names, device, amp, output=None):
-    """Eval mode, hooks, device; everything undone on exit (also on errors)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    modules = dict(model.named_modules())
-    modes = [(m, m.training) for m in model.modules()]
-    tensors = list(model.parameters()) + list(model.buffers())
-    devices = {t.device for t in tensors}
-    move_back = None
-    if len(devices) == 1 and next(iter(devices)) != device:
-        move_back = next(iter(devices))
-    elif len(devices) > 1 and device not in devices:
-        raise ValueError(
-            f"the model is spread over {sorted(map(str, devices))}: pass device= "
-            "as the device its input belongs on"
-        )
-    outputs = {}
-    handles = []
-
-    def make_hook(name):
-        def hook(module, args, out):
-            if name in outputs:
-                raise RuntimeError(
-                    f"module {name!r} ran twice in one forward pass: hook a "
-                    "module that runs once per input"
-                )
-            outputs[name] = _pool(name, out)
-        return hook
-
-    use_amp = bool(amp) and device.type == "cuda"
-
-    def forward(x):
-        outputs.clear()
-        x = x.to(device, non_blocking=True)
-        if x.dtype == torch.uint8:
-            x = x.to(torch.float32) / 255.0
-        elif x.is_floating_point() and x.dtype != torch.float32:
-            x = x.to(torch.float32)
-        # the same answer as the attacks: floats in [0, 1], NCHW, no NaN/inf
-        check_images(x)
-        if use_amp:
-            with torch.autocast("cuda", dtype=torch.float16):
-                logits = select_logits(model(x), output, n=x.shape[0])
-        else:
-            logits = select_logits(model(x), output, n=x.shape[0])
-        missing = [n for n in names if n not in outputs]
-        if missing:
-            raise RuntimeError(
-                f"hooked module(s) {missing} did not run in the forward pass: "
-                "hook modules that the model's forward() calls"
-            )
-        feats = [outputs[n] for n in names]
-        outputs.clear()
-        return feats, logits.to(torch.float32)
-
-    try:
-        if move_back is not None:
-            model.to(device)
-        model.eval()
-        for n in names:
-            handles.append(modules[n].register_forward_hook(make_hook(n)))
-        with torch.inference_mode():
-            yield forward
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in modes:
-            m.training = training
-        if move_back is not None:
-            model.to(move_back)
-
-
-def _to_numpy(feats, logits):
-    """One device-to-host copy per batch, then split per layer (views)."""
-    sizes = [f.shape[1] for f in feats]
-    block = torch.cat(list(feats) + [logits], dim=1).cpu().numpy()
-    parts = np.split(block, np.cumsum(sizes), axis=1)
-    return parts[:-1], parts[-1]
-
-
-def _collect(forward, batches, bar):
-    """Run the hooked forward over ``(x, y)`` batches: per-batch layer
-    features, logits and labels on the host, advancing the progress bar."""
-    feat_batches, logit_batches, label_batches = [], [], []
-    for x, y in batches:
-        f, lg = _to_numpy(*forward(x))
-        if y is not None:
-            check_labels(y, len(x), lg.shape[1])
-        feat_batches.append(f)
-        logit_batches.append(lg)
-        label_batches.append(y)
-        bar.update(len(x))
-    return feat_batches, logit_batches, label_batches
 
 
 def _model_name(model):
@@ -231,6 +104,10 @@ class FeatureExtractor:
         Show a tqdm progress bar.
     include_logits : bool, default=True
         Append the logits block to ``X``.
+    num_workers : int, default=0
+        Decoding processes of the DataLoader that streams an image folder or
+        tar (0: decode in this process). Images are decoded batch by batch,
+        so memory stays bounded whatever the number of images.
     output : int, str or None, default=None
         Which entry of a model output that is a tuple/list (int) or a dict
         (key) holds the logits; None for a model that returns the logits
@@ -258,7 +135,8 @@ class FeatureExtractor:
     """
 
     def __init__(self, model, layers="auto", device="auto", batch_size=256,
-                 amp=False, progress=True, include_logits=True, output=None):
+                 amp=False, progress=True, include_logits=True, output=None,
+                 num_workers=0):
         self.model = model
         self.layers = layers
         self.device = device
@@ -267,6 +145,7 @@ class FeatureExtractor:
         self.progress = progress
         self.include_logits = include_logits
         self.output = output
+        self.num_workers = num_workers
 
     def _prepare(self, data, labels):
         if int(self.batch_size) < 1:
@@ -277,7 +156,9 @@ class FeatureExtractor:
             labels = np.asarray(labels).astype(np.int64, copy=False)
             if labels.ndim != 1:
                 raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
-        source = _as_source(data, labels)
+        if isinstance(self.num_workers, bool) or int(self.num_workers) < 0:
+            raise ValueError(f"num_workers must be an int >= 0, got {self.num_workers!r}")
+        source = _as_source(data, labels, num_workers=int(self.num_workers))
         if labels is not None and len(source) is not None and len(labels) != len(source):
             raise ValueError(
                 f"got {len(labels)} labels for {len(source)} images: give one "
@@ -369,7 +250,8 @@ class FeatureExtractor:
 
     def extract_to_store(self, data, path, labels=None, metadata=None,
                          chunk_size=2048, resume=True, start=None, stop=None,
-                         source=None, *, nested=False, desc=None, lock_timeout=600.0):
+                         source=None, *, shard=None, nested=False, desc=None,
+                         lock_timeout=600.0):
         """Extract features chunk by chunk into a resumable feature store.
 
         Parameters
@@ -395,6 +277,12 @@ class FeatureExtractor:
         source : str, default=None
             Description recorded in the manifest (default: the path, or the
             type and shape of the data).
+        shard : (i, n), default=None
+            Extract only the ``i``-th of ``n`` contiguous parts of the data
+            (rows ``[i * N // n, (i + 1) * N // n)``) into its own store, e.g.
+            one per GPU or machine; :func:`sklearn_advdet.store.merge_stores`
+            joins the ``n`` shard stores into the store of the whole set.
+            ``start``/``stop`` then count rows of the shard.
         nested, desc : bool, str
             As for :meth:`extract`.
         lock_timeout : float, default=600
@@ -427,6 +315,12 @@ class FeatureExtractor:
         if labels is not None:
             labels = np.asarray(labels).astype(np.int64, copy=False)
         fingerprint = self._fingerprint(src, names, labels)
+        extra = {"include_logits": bool(self.include_logits),
+                 "extractor": "sklearn_advdet.deep.extraction.FeatureExtractor"}
+        if shard is not None:
+            src, labels, metadata, extra["shard"] = _shard(src, labels, metadata, shard)
+            fingerprint["shard"] = "{index}/{of}".format(**extra["shard"])
+            n = len(src)
         with _session(self.model, names, device, self.amp, self.output) as forward:
             # a one-image probe gives the layer widths and the logits width
             probe = self._batches(src, 0, 1, 1, labels)
@@ -438,9 +332,8 @@ class FeatureExtractor:
                 layer_sizes=[f.shape[1] for f in feats], n_classes=logits.shape[1],
                 chunk_size=chunk_size, has_labels=y is not None, metadata=metadata,
                 model=_model_name(self.model), source=source or src.description,
-                extra={"include_logits": bool(self.include_logits),
-                       "extractor": "sklearn_advdet.deep.extraction.FeatureExtractor"},
-                resume=resume, fingerprint=fingerprint, lock_timeout=lock_timeout)
+                extra=extra, resume=resume, fingerprint=fingerprint,
+                lock_timeout=lock_timeout)
             try:
                 self._fill(writer, forward, src, labels, names,
                            writer.missing_chunks(start, stop), nested, desc)
@@ -475,20 +368,6 @@ class FeatureExtractor:
                     k, layers=layers, logits=np.concatenate(lb),
                     labels=(np.concatenate(yb)
                             if writer.manifest["arrays"]["labels"] else None))
-
-
-def model_digest(model):
-    """SHA-256 of a model's state dict (names, shapes, dtypes and values)."""
-    def chunks():
-        for name, t in sorted(model.state_dict().items()):
-            if not isinstance(t, torch.Tensor):
-                yield f"{name}={t!r}".encode()
-                continue
-            t = t.detach().to("cpu").contiguous().reshape(-1)
-            yield f"{name}{tuple(t.shape)}{t.dtype}".encode()
-            if t.numel():
-                yield memoryview(t.view(torch.uint8).numpy())
-    return digest_chunks(chunks(), "weights")
 
 
 def extract_features(model, images, layers="auto", batch_size=256, device=None,

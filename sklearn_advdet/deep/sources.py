@@ -10,11 +10,11 @@ from os import PathLike
 import numpy as np
 import torch
 
-from .._store_fingerprint import array_digest, files_digest
+from .._store_fingerprint import array_digest, digest_chunks, files_digest
 from ._checks import check_images
-from .data import load_image_folder
+from .image_files import ImageFileDataset, collate_images
 
-__all__ = []
+__all__ = ["model_digest"]
 
 
 class _ArraySource:
@@ -95,7 +95,7 @@ class _DatasetSource:
     ordered = True
 
     def __init__(self, dataset, batch_size=None, collate_fn=None, num_workers=0,
-                 pin_memory=False, description=None, loader=None):
+                 pin_memory=False, description=None, loader=None, fingerprint=None):
         try:
             self._len = len(dataset)
         except TypeError:
@@ -111,12 +111,16 @@ class _DatasetSource:
         self.loader = loader
         self.description = description or f"{type(dataset).__name__} ({self._len} items)"
         self._has_labels = None
+        self._fingerprint = fingerprint
 
     def __len__(self):
         return self._len
 
     def fingerprint(self):
-        """A Dataset's items are not read twice: its type and length only."""
+        """A Dataset's items are not read twice: its type and length only
+        (image files: their names, sizes and mtimes)."""
+        if self._fingerprint is not None:
+            return self._fingerprint
         return f"dataset:{type(self.dataset).__module__}.{type(self.dataset).__name__}:" \
                f"{self._len}"
 
@@ -165,14 +169,17 @@ class _LoaderSource:
             yield _split_batch(batch)
 
 
-def _as_source(data, labels=None):
+def _as_source(data, labels=None, num_workers=0):
+    """The source of ``data``; image folders and tars are streamed through a
+    DataLoader with ``num_workers`` decoding processes (bounded memory)."""
     from torch.utils.data import (BatchSampler, DataLoader, Dataset,
                                   IterableDataset, SequentialSampler)
 
     if isinstance(data, (str, PathLike)):
-        images, folder_labels, _ = load_image_folder(data)
-        return _ArraySource(images, folder_labels if labels is None else labels,
-                            description=str(data), fingerprint=files_digest(data))
+        dataset = ImageFileDataset(data)
+        return _DatasetSource(dataset, collate_fn=collate_images,
+                              num_workers=int(num_workers), description=str(data),
+                              fingerprint=files_digest(data))
     if isinstance(data, (np.ndarray, torch.Tensor)):
         return _ArraySource(data, labels)
     if isinstance(data, DataLoader):
@@ -203,3 +210,59 @@ def _as_source(data, labels=None):
         f"{type(data).__name__}"
     )
 
+
+def _shard(src, labels, metadata, shard):
+    """The ``i``-th of ``n`` contiguous parts of a source (and its labels/metadata)."""
+    try:
+        i, n_shards = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise TypeError(f"shard must be a pair (i, n) of ints, got {shard!r}") from None
+    total = len(src)
+    if not (n_shards >= 1 and 0 <= i < n_shards) or n_shards > total:
+        raise ValueError(f"shard=(i, n) needs 0 <= i < n <= {total} (the number of "
+                         f"images), got {shard!r}")
+    lo, hi = i * total // n_shards, (i + 1) * total // n_shards
+    info = {"index": i, "of": n_shards, "start": lo, "stop": hi, "total": total}
+    if labels is not None:
+        labels = labels[lo:hi]
+    if metadata is not None:
+        metadata = {k: np.asarray(v)[lo:hi] for k, v in metadata.items()}
+    return _RowRange(src, lo, hi), labels, metadata, info
+
+
+class _RowRange:
+    """Rows ``[lo, hi)`` of a source, seen as a source of its own."""
+
+    ordered = True
+
+    def __init__(self, src, lo, hi):
+        self.src, self.lo, self.hi = src, lo, hi
+        self.description = f"{src.description} rows [{lo}, {hi})"
+        self.labels = None
+
+    def __len__(self):
+        return self.hi - self.lo
+
+    @property
+    def has_labels(self):
+        return self.src.has_labels
+
+    def fingerprint(self):
+        return self.src.fingerprint()
+
+    def batches(self, lo, hi, batch_size):
+        return self.src.batches(self.lo + lo, self.lo + hi, batch_size)
+
+
+def model_digest(model):
+    """SHA-256 of a model's state dict (names, shapes, dtypes and values)."""
+    def chunks():
+        for name, t in sorted(model.state_dict().items()):
+            if not isinstance(t, torch.Tensor):
+                yield f"{name}={t!r}".encode()
+                continue
+            t = t.detach().to("cpu").contiguous().reshape(-1)
+            yield f"{name}{tuple(t.shape)}{t.dtype}".encode()
+            if t.numel():
+                yield memoryview(t.view(torch.uint8).numpy())
+    return digest_chunks(chunks(), "weights")
