@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -184,9 +185,10 @@ def load_detection_set(path):
             "save_detection_set or `advdet attack ... --out DIR`"
         )
     try:
-        with np.load(file, allow_pickle=False) as npz:
+        # the file handle is ours: np.load leaks it on a damaged archive
+        with open(file, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
             out = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"cannot read detection set {file}: {exc}") from None
     missing = [k for k in _DETECTION_ARRAYS if k not in out]
     if missing or "layout" not in out:
