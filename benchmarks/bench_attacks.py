@@ -355,44 +355,9 @@ def _boundary_lines(rows):
     return lines
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small batch, one round")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--lbfgs-images", type=int, default=None)
-    parser.add_argument("--layout-images", type=int, default=None,
-                        help="images for the channels_last table (0: skip)")
-    parser.add_argument("--boundary-images", type=int, default=None,
-                        help="batch for the CW/DeepFool/APGD table (0: skip)")
-    parser.add_argument("--note", default="", help="a line about the machine, e.g. its load")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", default=str(HERE / "results" / "bench_attacks.md"))
-    args = parser.parse_args()
-    batch = args.batch_size or (32 if args.quick else 128)
-    repeats = args.repeats or (1 if args.quick else 3)
-    n_lbfgs = args.lbfgs_images if args.lbfgs_images is not None else (8 if args.quick else 32)
-    n_layout = args.layout_images if args.layout_images is not None else (64 if args.quick else 1024)
-    n_boundary = (
-        args.boundary_images if args.boundary_images is not None else (16 if args.quick else 64)
-    )
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.set_num_threads(args.threads)
-    model, x, y, what = load_model_and_data(batch, device)
+def _report(what, batch, repeats, device, rows, lb, layout, n_layout, boundary, note):
+    """The markdown of every table."""
     import torchattacks
-
-    print(f"model/data: {what}; batch {batch}; device {device}", flush=True)
-    rows = throughput_table(model, x, y, device, repeats)
-    lb = lbfgs_table(model, x, y, n_lbfgs) if n_lbfgs else None
-    layout = None
-    if n_layout:
-        xl, yl = load_model_and_data(n_layout, device)[1:3]
-        layout = layout_table(model, xl, yl)
-    boundary = None
-    if n_boundary:
-        xb, yb = load_model_and_data(n_boundary, device)[1:3]
-        boundary = boundary_table(model, xb, yb, device)
 
     machine = (
         f"{platform.platform()}, {platform.processor() or platform.machine()}, "
@@ -452,8 +417,8 @@ def main():
         lines += _layout_lines(layout, n_layout)
     if boundary is not None:
         lines += _boundary_lines(boundary)
-    if args.note:
-        lines += ["", args.note]
+    if note:
+        lines += ["", note]
     lines += [
         "",
         "The GPU path is unmeasured here (no GPU on this machine)."
@@ -461,7 +426,48 @@ def main():
         else "Measured on the GPU.",
         "",
     ]
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small batch, one round")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--lbfgs-images", type=int, default=None)
+    parser.add_argument("--layout-images", type=int, default=None,
+                        help="images for the channels_last table (0: skip)")
+    parser.add_argument("--boundary-images", type=int, default=None,
+                        help="batch for the CW/DeepFool/APGD table (0: skip)")
+    parser.add_argument("--note", default="", help="a line about the machine, e.g. its load")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", default=str(HERE / "results" / "bench_attacks.md"))
+    args = parser.parse_args()
+    batch = args.batch_size or (32 if args.quick else 128)
+    repeats = args.repeats or (1 if args.quick else 3)
+    n_lbfgs = args.lbfgs_images if args.lbfgs_images is not None else (8 if args.quick else 32)
+    n_layout = args.layout_images if args.layout_images is not None else (64 if args.quick else 1024)
+    n_boundary = (
+        args.boundary_images if args.boundary_images is not None else (16 if args.quick else 64)
+    )
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(args.threads)
+    model, x, y, what = load_model_and_data(batch, device)
+    print(f"model/data: {what}; batch {batch}; device {device}", flush=True)
+    rows = throughput_table(model, x, y, device, repeats)
+    lb = lbfgs_table(model, x, y, n_lbfgs) if n_lbfgs else None
+    layout = None
+    if n_layout:
+        xl, yl = load_model_and_data(n_layout, device)[1:3]
+        layout = layout_table(model, xl, yl)
+    boundary = None
+    if n_boundary:
+        xb, yb = load_model_and_data(n_boundary, device)[1:3]
+        boundary = boundary_table(model, xb, yb, device)
+
+    text = _report(what, batch, repeats, device, rows, lb, layout, n_layout, boundary,
+                   args.note)
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
