@@ -45,6 +45,17 @@ def _atomic_write_json(path, obj):
     os.replace(tmp, path)
 
 
+def _pid_alive(pid):
+    """Whether a process ``pid`` runs on this host (True when unsure)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError, TypeError):
+        return True
+    return True
+
+
 def _remove_stale_tmp(path):
     """Delete ``.<name>.<pid>.tmp`` files of writers that are no longer running."""
     for f in os.listdir(path):
@@ -52,14 +63,8 @@ def _remove_stale_tmp(path):
         if not m:
             continue
         pid = int(m.group(1))
-        try:
-            if pid != os.getpid():
-                os.kill(pid, 0)
-                continue  # that writer is still running
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError):
-            continue
+        if pid != os.getpid() and _pid_alive(pid):
+            continue  # that writer is still running
         try:
             os.remove(Path(path) / f)
         except OSError:

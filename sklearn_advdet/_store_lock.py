@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ._progress import get_logger
-from ._store_format import StoreError
+from ._store_format import StoreError, _pid_alive
 
 try:  # POSIX
     import fcntl
@@ -55,16 +55,6 @@ def _read_owner(fd_or_path):
         return owner if isinstance(owner, dict) else None
     except (OSError, ValueError, UnicodeDecodeError):
         return None
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError, TypeError):
-        return True
-    return True
 
 
 def _timeout_error(lock, owner, timeout):
