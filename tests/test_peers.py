@@ -17,6 +17,7 @@ from sklearn_advdet.evaluation import (
     DkNNCredibilityPeer,
     EnergyPeer,
     KernelDensityPeer,
+    LIDPeer,
     MahalanobisPeer,
     MaxSoftmaxPeer,
 )
@@ -141,7 +142,7 @@ def test_lid_peer_is_scorer_column():
     lid = pytest.importorskip("sklearn_advdet.features.lid",
                               reason="LIDScorer (helper H2) not in this checkout yet")
     X_ref, y_ref, X, layout = _features()
-    peer = __import__("sklearn_advdet.evaluation", fromlist=["LIDPeer"]).LIDPeer(layout)
+    peer = LIDPeer(layout)
     ref = lid.LIDScorer(layout, layers=[1], n_neighbors=20).fit(X_ref, y_ref)
     np.testing.assert_allclose(peer.fit(X_ref, y_ref).transform(X), ref.transform(X))
 
@@ -176,6 +177,7 @@ def test_peers_compose_with_threshold_and_logistic():
     KernelDensityPeer("single", classes="max"),
     DkNNCredibilityPeer("single", n_neighbors=3, calibration_size=0.3, random_state=0),
     MahalanobisPeer("single"),
+    LIDPeer("single", n_neighbors=3),
 ])
 def test_sklearn_compatible(estimator, check):
     check(estimator)
