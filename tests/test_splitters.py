@@ -53,6 +53,14 @@ def test_leave_one_attack_out_sides():
     assert len({frozenset(groups[te]) for _, te in splits}) == 1
     n_test_images = len(set(groups[splits[0][1]]))
     assert n_test_images == 15
+    # the partition is GroupShuffleSplit's draw (the same in every protocol)
+    from sklearn.model_selection import GroupShuffleSplit
+
+    _, gss_test = next(GroupShuffleSplit(1, test_size=0.25, random_state=0).split(X, y, groups))
+    assert set(groups[gss_test]) == set(groups[splits[0][1]])
+    transfer = AttackTransferSplit(attack, test_size=0.25, random_state=0)
+    assert {frozenset(groups[te]) for _, te in transfer.split(X, y, groups)} == {
+        frozenset(groups[gss_test])}
 
 
 def test_transfer_matrix_pairs():
