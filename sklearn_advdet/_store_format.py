@@ -31,6 +31,10 @@ class StoreError(ValueError):
     was made from other input."""
 
 
+class StoreBusyError(StoreError):
+    """Another live process holds the store's lock (``lock_timeout`` ran out)."""
+
+
 def _safe(name):
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(name))
 

@@ -6,9 +6,9 @@ The lock is the file ``_allocating.lock`` in the store directory, locked with
 kernel releases a ``flock`` when its process dies, so a lock file left by a
 killed writer is simply taken over (with a logged message naming the dead
 owner); a live holder is waited for up to ``lock_timeout`` seconds, then a
-:class:`StoreError` names it.  Where ``fcntl`` is missing (Windows), the lock
-is an exclusively created file, and a leftover whose owner is on this host
-and no longer running is taken over the same way.
+:class:`StoreBusyError` (a ``StoreError``) names it.  Where ``fcntl`` is
+missing (Windows), the lock is an exclusively created file, and a leftover
+whose owner is on this host and no longer running is taken over the same way.
 """
 
 import json
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ._progress import get_logger
-from ._store_format import StoreError, _pid_alive
+from ._store_format import StoreBusyError, _pid_alive
 
 try:  # POSIX
     import fcntl
@@ -58,7 +58,7 @@ def _read_owner(fd_or_path):
 
 
 def _timeout_error(lock, owner, timeout):
-    return StoreError(
+    return StoreBusyError(
         f"{lock} is held by {_describe(owner)}, still running after waiting "
         f"{timeout:g} s (lock_timeout): wait for that extraction to finish, or stop it; "
         "pass a larger lock_timeout to wait longer"

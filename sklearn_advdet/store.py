@@ -44,11 +44,12 @@ Reading needs only numpy: this module does not import torch.
 """
 
 from ._store_fingerprint import array_digest, files_digest
-from ._store_format import STORE_FORMAT, STORE_VERSION, StoreError, _atomic_write_json
+from ._store_format import (STORE_FORMAT, STORE_VERSION, StoreBusyError, StoreError,
+                            _atomic_write_json)
 from ._store_merge import merge_stores
 from ._store_reader import FeatureStore, open_store
 from ._store_writer import FeatureStoreWriter
 
-__all__ = ["FeatureStore", "FeatureStoreWriter", "open_store", "StoreError",
+__all__ = ["FeatureStore", "FeatureStoreWriter", "open_store", "StoreError", "StoreBusyError",
            "STORE_FORMAT", "STORE_VERSION", "array_digest", "files_digest",
            "merge_stores"]

@@ -16,6 +16,7 @@ from sklearn_advdet.deep.extraction import FeatureExtractor
 from sklearn_advdet.store import (
     FeatureStore,
     FeatureStoreWriter,
+    StoreBusyError,
     StoreError,
     open_store,
 )
@@ -393,7 +394,7 @@ def test_live_lock_times_out_naming_its_owner(tmp_path):
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(StoreError, match=rf"held by pid {holder.pid} on host .*"
+        with pytest.raises(StoreBusyError, match=rf"held by pid {holder.pid} on host .*"
                                              r"lock_timeout"):
             FeatureStoreWriter.create(path, count=2, layer_names=["a"], layer_sizes=[1],
                                       n_classes=None, lock_timeout=0.3)

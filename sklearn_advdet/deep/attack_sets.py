@@ -33,7 +33,8 @@ import torch
 from sklearn.utils import Bunch, check_random_state
 
 from .._progress import get_logger
-from ..store import StoreError, _atomic_write_json, array_digest, open_store
+from ..store import (StoreBusyError, StoreError, _atomic_write_json, array_digest,
+                     open_store)
 from .attack_specs import (_SEED_MAX, NOISE_ATTACKS, AttackSpec, _jsonable, _spec_seed,
                            parse_attacks)
 from .attacks import ATTACKS, run_attack
@@ -135,6 +136,8 @@ def _extract(extractor, images, labels, path, metadata, source, nested=False):
                   desc=desc)
     try:  # resumes (or reopens) the store; its fingerprint must match the images
         store = extractor.extract_to_store(images, path, resume=True, **kwargs)
+    except StoreBusyError:
+        raise  # another live process is writing it: never delete its work
     except StoreError as exc:
         # out_dir's build.json matched, so this store is damaged or stale: redo it
         _log.warning("%s: %s; extracting it again", path, exc)

@@ -246,6 +246,10 @@ class FeatureExtractor:
                 bar)
         if not feat_batches:
             raise ValueError("data holds no images")
+        rows = sum(len(b) for b in logit_batches)
+        if source.ordered and n is not None and rows != n:  # the count against the index
+            raise ValueError(f"the data yielded {rows} images but says it holds {n} "
+                             "(len): its __len__ and its items disagree")
         return self._assemble(names, feat_batches, logit_batches, label_batches)
 
     def extract_to_store(self, data, path, labels=None, metadata=None,
