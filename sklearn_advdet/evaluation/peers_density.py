@@ -13,6 +13,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._layout import FeatureLayout, check_layout
+from ..features.mahalanobis import predicted_class_rows
 from ..knn import _check_class_labels
 from ._peer_base import PeerScorer
 
@@ -148,17 +149,7 @@ class KernelDensityPeer(PeerScorer):
         if self.classes == "max":
             return -logd.max(axis=1)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        pred = np.argmax(X[:, self.layout_.logits_slice], axis=1)
-        lookup = np.full(self.layout_.n_logits, -1, dtype=np.intp)
-        lookup[self.classes_.astype(np.intp)] = np.arange(self.classes_.size)
-        col = lookup[pred]
-        if np.any(col < 0):
-            missing = np.unique(pred[col < 0]).tolist()
-            raise ValueError(
-                f"the DNN predicted class(es) {missing} for some rows, but the "
-                "reference set given to fit has no sample of them: refit on a "
-                "reference set holding every class, or use classes='max'"
-            )
+        col = predicted_class_rows(X, self.layout_, self.classes_, "classes='max'")
         return -logd[np.arange(X.shape[0]), col]
 
     def __sklearn_tags__(self):

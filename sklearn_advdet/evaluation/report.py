@@ -33,30 +33,15 @@ _CHUNK_ENTRIES = 2**17
 
 
 def _check_inputs(y, score, attack, groups):
-    y = column_or_1d(y)
-    score = column_or_1d(score).astype(np.float64, copy=False)
-    attack = np.asarray(column_or_1d(attack)).astype(str)
-    check_consistent_length(y, score, attack)
+    from ..metrics import _check_attack, _check_binary
+
+    y, score = _check_binary(y, score)
+    attack = _check_attack(y, attack)
     if groups is None:
         groups = np.arange(len(y))
     groups = column_or_1d(groups)
     check_consistent_length(y, groups)
-    if not np.all(np.isfinite(score)):
-        raise ValueError(
-            "score contains NaN or infinite values: score the samples with a "
-            "fitted detector whose output is finite"
-        )
-    labels = np.unique(y)
-    if not np.all(np.isin(labels, [0, 1])):
-        raise ValueError(
-            f"y must hold 0 (authentic) and 1 (adversarial), got labels {labels!r}"
-        )
-    if len(labels) < 2:
-        raise ValueError(
-            "y holds a single class: a detection report needs both authentic "
-            "(0) and adversarial (1) samples"
-        )
-    return y.astype(int), score, attack, groups
+    return y, score, attack, groups
 
 
 def _attack_names(y, attack):
