@@ -37,22 +37,31 @@ class ROCStatistics:
         self.starts = starts
         self.positive = y[order] == 1
 
-    def level_weights(self, W):
-        """Positive and negative weight per level, each ``(n_resamples, n_levels)``."""
-        Ws = W[:, self.order]
-        pos = np.add.reduceat(np.where(self.positive, Ws, 0.0), self.starts, axis=1)
-        neg = np.add.reduceat(np.where(self.positive, 0.0, Ws), self.starts, axis=1)
-        return pos, neg
+    def level_weights(self, W, rows=None):
+        """Positive and negative weight per level, each ``(n_resamples, n_levels)``.
+
+        ``W`` holds one weight per row of the subset, or, with ``rows`` (the
+        subset's row indices), one per row of the whole sample: the subset
+        is then gathered in the same pass as the sort.
+        """
+        take = self.order if rows is None else rows[self.order]
+        Ws = W[:, take]
+        total = np.add.reduceat(Ws, self.starts, axis=1)
+        Ws[:, ~self.positive] = 0.0
+        pos = np.add.reduceat(Ws, self.starts, axis=1)
+        return pos, total - pos
 
 
-def weighted_roc_statistics(stats, W, *, fpr_levels=(0.01, 0.05), tpr_level=0.95):
+def weighted_roc_statistics(stats, W, *, rows=None, fpr_levels=(0.01, 0.05), tpr_level=0.95):
     """AUC, TPR at FPRs, FPR at a TPR and EER accuracy for every row of ``W``.
 
     Parameters
     ----------
     stats : ROCStatistics
-    W : ndarray of shape (n_resamples, n)
+    W : ndarray of shape (n_resamples, n) or (n_resamples, n_total)
         Row weights of each resample (unit weights: the sample itself).
+    rows : ndarray of int, default=None
+        With ``W`` over the whole sample, the rows of this subset.
     fpr_levels : tuple of float
         FPRs at which the TPR is read: the largest TPR among thresholds
         whose FPR does not exceed the level.
@@ -67,7 +76,7 @@ def weighted_roc_statistics(stats, W, *, fpr_levels=(0.01, 0.05), tpr_level=0.95
         ``eer_accuracy``; NaN where a resample has no positive or no
         negative weight.
     """
-    pos, neg = stats.level_weights(W)
+    pos, neg = stats.level_weights(W, rows)
     P = pos.sum(axis=1)
     N = neg.sum(axis=1)
     ok = (P > 0) & (N > 0)

@@ -29,7 +29,7 @@ _HEADERS = {
 }
 # bootstrap resamples drawn at once: chunk x n_images counts (the weight
 # matrices are chunk x n_rows, a few times that)
-_CHUNK_ENTRIES = 2**17
+_CHUNK_ENTRIES = 2**19
 
 
 def _check_inputs(y, score, attack, groups):
@@ -209,11 +209,11 @@ def _subsets(y, attack, names):
     return subsets
 
 
-def _stats_for(y, score, subsets, W_of, fpr_levels, tpr_level):
-    """Statistics of each subset for the weight matrix ``W_of(rows)``."""
+def _stats_for(y, score, subsets, W, fpr_levels, tpr_level):
+    """Statistics of each subset for the weights ``W`` (one row: unit weights)."""
     return {
         name: weighted_roc_statistics(
-            ROCStatistics(y[rows], score[rows]), W_of(rows),
+            ROCStatistics(y[rows], score[rows]), W, rows=rows,
             fpr_levels=fpr_levels, tpr_level=tpr_level,
         )
         for name, rows in subsets.items()
@@ -301,8 +301,7 @@ def detection_report(y, score, attack, groups=None, *, n_bootstrap=1000, confide
     subsets = _subsets(y, attack, names)
     fpr_levels = (0.01, 0.05)
     point = _with_macro(
-        _stats_for(y, score, subsets, lambda rows: np.ones((1, len(rows))),
-                   fpr_levels, tpr_level), names)
+        _stats_for(y, score, subsets, np.ones((1, len(y))), fpr_levels, tpr_level), names)
     _, group_index = np.unique(groups, return_inverse=True)
     n_groups = int(group_index.max()) + 1
     boot = None
@@ -311,8 +310,7 @@ def detection_report(y, score, attack, groups=None, *, n_bootstrap=1000, confide
         parts = []
         for W in _resample_weights(group_index, n_groups, n_bootstrap, rng):
             parts.append(_with_macro(
-                _stats_for(y, score, subsets, lambda rows, W=W: W[:, rows],
-                           fpr_levels, tpr_level), names))
+                _stats_for(y, score, subsets, W, fpr_levels, tpr_level), names))
         boot = {r: {m: np.concatenate([p[r][m] for p in parts]) for m in parts[0][r]}
                 for r in parts[0]}
     alpha = (1.0 - confidence) / 2.0
