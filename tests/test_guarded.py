@@ -215,7 +215,8 @@ def test_layout_and_layer_mismatches_are_clear(digits, fitted):
     pipe = fitted["pivots-centroid-euclidean-mlp"]
     with pytest.raises(ValueError, match="fitted on 4 hooked layers"):
         GuardedModel(digits["model"], pipe, layers=LAYERS[:3])
-    with pytest.raises(ValueError, match=r"guarded model hooks \['conv1', 'conv2', 'conv3', 'fc2'\]"):
+    hooks = r"guarded model hooks \['conv1', 'conv2', 'conv3', 'fc2'\]"
+    with pytest.raises(ValueError, match=hooks):
         GuardedModel(digits["model"], pipe, layers=LAYERS[:3] + ["fc2"])
     # a pipeline fitted on another layout: same count, default names, other widths
     lay = digits["layout"]

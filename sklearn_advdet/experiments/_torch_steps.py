@@ -286,7 +286,8 @@ class _LID(_Neighbours):
             keep = pos & (torch.cumsum(pos.to(torch.int64), dim=1) <= self.k)
             kf = keep.to(d.dtype)
             dk = (d * kf).max(dim=1, keepdim=True).values
-            safe = torch.where(keep, d, torch.ones_like(d)) / torch.where(dk > 0, dk, torch.ones_like(dk))
+            dk = torch.where(dk > 0, dk, torch.ones_like(dk))
+            safe = torch.where(keep, d, torch.ones_like(d)) / dk
             s = (torch.log(safe) * kf).sum(dim=1)
             m = kf.sum(dim=1)
             lid = -m / torch.where(s < 0, s, -torch.ones_like(s))

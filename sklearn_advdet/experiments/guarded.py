@@ -344,7 +344,8 @@ class LoadedGuard(nn.Module):
         t = info.get("threshold")
         self.register_buffer("threshold", torch.tensor(
             float("nan") if t is None else float(t), dtype=torch.float32))
-        self.layout = None if info.get("layout") is None else FeatureLayout.from_dict(info["layout"])
+        layout = info.get("layout")
+        self.layout = None if layout is None else FeatureLayout.from_dict(layout)
 
     def forward(self, x):
         return self.program(x)
