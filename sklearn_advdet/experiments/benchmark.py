@@ -142,7 +142,8 @@ def run_benchmark_on_detection_set(data, out_dir, *, detectors=None, protocols=N
         Where ``results.md``, ``results.json``, ``figures/`` and the cell
         cache ``cache/`` go.
     detectors : list of str or dict of str to callable, default=None
-        Names from ``DETECTORS`` (None = all), or ``{name: factory}`` with
+        Names from ``DETECTORS`` (None = ``DEFAULT_DETECTORS``: all but
+        ``"pivots_lstm"``), or ``{name: factory}`` with
         ``factory(layout, X_ref, y_ref, settings)`` returning an unfitted
         detection estimator.
     protocols : list of str, default=None
