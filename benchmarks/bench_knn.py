@@ -1,4 +1,4 @@
-"""Neighbour-search backends of KNNClassScorer: exact vs pynndescent vs sklearn brute.
+"""Neighbour-search backends of KNNClassScorer: exact vs faiss vs pynndescent vs sklearn brute.
 
 For every data set and method: build time, time for a batch of queries
 (k neighbours each), mean time of a single query, recall@k against
@@ -29,6 +29,10 @@ Methods
 - ``pynndescent``: KNNClassScorer's pynndescent backend (seeded build with
   ``prepare()``, query with k, epsilon 0.2); numba's compilation is warmed
   up on tiny data first and not counted;
+- ``faiss-flat`` / ``faiss-ivf`` / ``faiss-hnsw``: the faiss backend with
+  ``backend_params={"index": ...}`` (IVF: default nlist, queried at each
+  ``--nprobes``; HNSW: M=32, queried at each ``--ef-searches``), faiss's
+  OpenMP pool set from n_jobs (default: the BLAS pool's size);
 - ``auto``: whatever ``backend="auto"`` resolves to for this reference size
   and query count (the same code path, timed again).
 
@@ -55,7 +59,28 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 #: benchmark method -> (backend, backend_params) of sklearn_advdet.search.make_index
-METHODS = {}
+METHODS = {
+    "faiss-flat": ("faiss", {"index": "flat"}),
+    "faiss-ivf": ("faiss", {"index": "ivf"}),
+    "faiss-hnsw": ("faiss", {"index": "hnsw", "M": 32}),
+}
+ALL_METHODS = ["sklearn-brute", "exact", "faiss-flat", "faiss-ivf", "faiss-hnsw",
+               "pynndescent", "auto"]
+#: approximate methods that are built once and queried at several settings
+ANN_METHODS = ("pynndescent", "faiss-ivf", "faiss-hnsw")
+
+
+def _set_sweep(index, method, value):
+    """Set the query-time breadth of an approximate index; the row's label."""
+    index = getattr(index, "approximate", index)
+    if method == "faiss-ivf":
+        index.index.nprobe = int(value)
+        return f"nprobe={value}"
+    if method == "faiss-hnsw":
+        index.params["efSearch"] = int(value)
+        return f"efSearch={value}"
+    index.epsilon = value
+    return f"eps={value}"
 
 
 def _rss_mib():
@@ -131,7 +156,7 @@ def run_one(spec):
     n_single = spec["n_single"]
     base = _current_rss_mib()
     method = spec["method"]
-    res = {"method": method}
+    res = {"method": method, "load": os.getloadavg()[0]}
 
     backend, params = METHODS.get(method, (method, None))
     if backend != "sklearn-brute":
@@ -142,6 +167,13 @@ def run_one(spec):
         w = clustered(2000, ref.shape[1], 1)
         make_index("pynndescent", w, random_state=0).query(w[:5], 50)
         res["jit_warmup_s"] = time.perf_counter() - t
+
+    if backend == "faiss":
+        # importing faiss (and its OpenMP runtime) once per process: not timed
+        t = time.perf_counter()
+        import faiss  # noqa: F401
+
+        res["import_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if method == "sklearn-brute":
@@ -163,12 +195,11 @@ def run_one(spec):
     res["build_s"] = time.perf_counter() - t
 
     truth = None if method == "sklearn-brute" else np.load(spec["truth"])
-    epsilons = spec["epsilons"] if res["resolved"] == "pynndescent" else [None]
-    for eps in epsilons:
+    sweep = spec["sweeps"].get(method if method in ANN_METHODS else res["resolved"], [None])
+    for value in sweep:
         row = dict(res)
-        if eps is not None:
-            getattr(index, "approximate", index).epsilon = eps
-            row["method"] = f"{method} (eps={eps})"
+        if value is not None:
+            row["method"] = f"{method} ({_set_sweep(index, method, value)})"
         idx, row["batch_s"], row["batch_cpu_s"] = _timed(query, q, spec["repeat"])
         singles = []
         for i in range(n_single):
@@ -211,14 +242,17 @@ def bench_dataset(name, ref, q, args, tmp):
     np.save(ref_p, ref)
     np.save(q_p, q)
     rows = []
-    methods = ["sklearn-brute", "exact", "auto"]
-    if len(ref) <= args.max_ann_ref:
-        methods.insert(2, "pynndescent")
+    big = len(ref) > args.max_ann_ref
+    methods = [m for m in args.methods if not (big and m in ("pynndescent", "faiss-hnsw"))]
+    if "sklearn-brute" not in methods:  # the ground truth of recall comes first
+        methods.insert(0, "sklearn-brute")
     for method in methods:
         spec = {
             "ref": str(ref_p), "queries": str(q_p), "truth": str(truth_p),
             "k": args.k, "method": method, "n_single": args.n_single,
-            "n_jobs": args.n_jobs, "repeat": args.repeat, "epsilons": args.epsilons,
+            "n_jobs": args.n_jobs, "repeat": args.repeat,
+            "sweeps": {"pynndescent": args.epsilons, "faiss-ivf": args.nprobes,
+                       "faiss-hnsw": args.ef_searches},
         }
         print(f"[{name}] {method} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(
@@ -234,18 +268,18 @@ def bench_dataset(name, ref, q, args, tmp):
             r = json.loads(ln[len("RESULT "):])
             print(f"   {r}", file=sys.stderr, flush=True)
             rows.append(r)
-    skipped = [] if len(ref) <= args.max_ann_ref else ["pynndescent"]
+    skipped = [m for m in args.methods if m not in methods]
     return rows, skipped
 
 
 def fmt_table(title, rows, skipped, n_q, k):
     lines = [f"### {title}", "",
              f"| method | resolves to | build (s) | {n_q} queries (s) | (CPU s) "
-             f"| single query (ms) | recall@{k} | peak RSS (MiB) | extra RSS (MiB) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| single query (ms) | recall@{k} | peak RSS (MiB) | extra RSS (MiB) | load |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | failed ({r['error']}) | | | | | | | |")
+            lines.append(f"| {r['method']} | failed ({r['error']}) | | | | | | | | |")
             continue
         build = f"{r['build_s']:.2f}"
         if "jit_warmup_s" in r:
@@ -254,7 +288,7 @@ def fmt_table(title, rows, skipped, n_q, k):
             f"| {r['method']} | {r['resolved']} | {build} | {r['batch_s']:.2f} | "
             f"{r['batch_cpu_s']:.2f} | "
             f"{r['single_ms']:.1f} | {r['recall']:.4f} | {r['peak_mib']:.0f} | "
-            f"{r['extra_mib']:.0f} |"
+            f"{r['extra_mib']:.0f} | {r.get('load', float('nan')):.1f} |"
         )
     by = {r["method"]: r for r in rows if "error" not in r}
     if "auto" in by:
@@ -278,9 +312,9 @@ def fmt_table(title, rows, skipped, n_q, k):
             )
     for s in skipped:
         lines.append(
-            f"\n{s}: not run at this size (above --max-ann-ref): its build time "
-            "grows faster than linearly with the references, and at the smaller size "
-            "above it already exceeded many exact query batches."
+            f"\n{s}: not run at this size (above --max-ann-ref, or not selected): its "
+            "build time grows faster than linearly with the references, and at the "
+            "smaller size it already exceeded many exact query batches."
         )
     return "\n".join(lines) + "\n"
 
@@ -298,8 +332,14 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3, help="batch timing: best of this many")
     p.add_argument("--epsilons", type=float, nargs="+", default=[0.2, 0.6],
                    help="pynndescent query epsilons to time on one build")
+    p.add_argument("--nprobes", type=int, nargs="+", default=[16, 64, 128],
+                   help="faiss IVF nprobe values to time on one build")
+    p.add_argument("--ef-searches", type=int, nargs="+", default=[2000, 4000],
+                   help="faiss HNSW efSearch values to time on one build")
+    p.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
     p.add_argument("--max-ann-ref", type=int, default=300_000,
-                   help="skip pynndescent above this reference size (its build is long)")
+                   help="skip pynndescent and faiss HNSW above this reference size "
+                        "(their builds are long)")
     p.add_argument("--no-real", action="store_true", help="do not use ../shared/data")
     p.add_argument("--skip-small", action="store_true", help="only the large synthetic set(s)")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "advdet_bench_knn"))
@@ -313,6 +353,7 @@ def main(argv=None):
     if args.quick:
         args.n_ref, args.dim, args.n_queries, args.n_single, args.k = [20_000], 128, 200, 5, 100
     sections, notes = [], []
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         small_n = 10_000 if args.quick else 50_000
         real = (not args.no_real) and not args.skip_small and (SHARED / "cifar10-jpeg" / "train.tar").exists() \
@@ -342,7 +383,9 @@ def main(argv=None):
     header = (
         f"# bench_knn — {datetime.date.today().isoformat()}\n\n"
         f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
+        f"{os.cpu_count()} CPUs, load average {load_start:.1f} at the start and "
+        f"{os.getloadavg()[0]:.1f} at the end (column `load`: the 1-minute load when "
+        "each method started)"
         + (" (above the CPU count: other jobs shared the cores, timings are noisy)"
            if os.getloadavg()[0] > (os.cpu_count() or 1) else "")
         + "; "
@@ -351,8 +394,10 @@ def main(argv=None):
         f"k = {args.k}, {args.n_queries} queries per batch (wall time: best of "
         f"{args.repeat}, one run when over 5 s; CPU s = user+sys of that run), "
         f"single-query time = median of {args.n_single}. Queries are fresh points "
-        "from the same distribution. pynndescent: one build, queried at each epsilon; "
-        "its numba JIT warm-up (once per process) is shown apart.\n"
+        "from the same distribution. pynndescent, faiss IVF and HNSW: one build, "
+        "queried at each setting; pynndescent's numba JIT warm-up (once per "
+        "process) is shown apart. Every method runs in its own process (faiss's "
+        "OpenMP runtime never shares a process with another method).\n"
     )
     notes.append(
         "`exact` and `auto` run the same code at these sizes (auto resolves to the "

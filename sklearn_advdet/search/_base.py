@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 #: the backend names an estimator's ``backend`` parameter accepts
-BACKENDS = ("auto", "exact", "pynndescent")
+BACKENDS = ("auto", "exact", "pynndescent", "faiss")
 
 # ---------------------------------------------------------------------------
 # "auto" backend rule, from benchmarks/bench_knn.py on a shared 2-core machine
@@ -38,37 +38,53 @@ BACKENDS = ("auto", "exact", "pynndescent")
 # batches (single queries) still go through the exact search.
 _AUTO_ANN_MIN_REF = 2_000_000
 _AUTO_ANN_MIN_QUERIES = 64
-
+# faiss is never chosen by "auto": benchmarks/bench_knn.py measured its flat
+# search slower than the own exact search at 50,000 x 64 and 1,000,000 x 256
+# with k = 1000 on this project's 2-core machine (also single-threaded: the
+# bare IndexFlatL2 search took 3.6x the exact search's CPU time), see
+# benchmarks/results/bench_knn.md.
 
 
 #: numpydoc text of the search parameters, shared by every estimator that searches
 SEARCH_PARAMS_DOC = """\
-    backend : {"auto", "exact", "pynndescent"}, default="auto"
+    backend : {"auto", "exact", "pynndescent", "faiss"}, default="auto"
         Neighbour search (:mod:`sklearn_advdet.search`). ``"exact"``: this
         package's brute force (a screening GEMM per tile of at most 2^21
         query x reference entries with a rigorous rounding-error window,
         then exact float64 distances of the candidates; memory bounded
         whatever the reference size; threads over query chunks).
         ``"pynndescent"``: an approximate NN-descent graph seeded with
-        ``random_state``. ``"auto"``: the exact search below 2,000,000
+        ``random_state``. ``"faiss"`` (optional ``faiss`` extra): a faiss
+        index in float32, exhaustive (``"flat"``, the default: the exact
+        neighbours up to float32 rounding of near-ties) or approximate
+        (``"ivf"``, ``"hnsw"``); it holds a float32 copy of the references.
+        The flat index only screens: its candidates are re-ranked exactly, so
+        it returns the exact search's answer. ``"auto"``: the exact search below 2,000,000
         references; above, a pynndescent graph for query batches of at
-        least 64 rows and the exact search for smaller batches. The
-        measurements behind the rule are in ``benchmarks/results/bench_knn.md``
-        and the kNN user guide.
+        least 64 rows and the exact search for smaller batches; never faiss
+        (slower than the exact search where measured). The measurements
+        behind the rule are in ``benchmarks/results/bench_knn.md`` and the
+        kNN user guide.
     backend_params : dict, default=None
-        Settings of the approximate backend: for pynndescent ``"epsilon"``
-        (query search breadth, default 0.2) and any ``NNDescent`` argument
-        (``n_neighbors`` of the graph, default 30, ``n_trees``, ...).
-        ``backend="exact"`` takes none.
+        Settings of the backend. pynndescent: ``"epsilon"`` (query search
+        breadth, default 0.2) and any ``NNDescent`` argument (``n_neighbors``
+        of the graph, default 30, ``n_trees``, ...). faiss: ``"index"``
+        (``"flat"``, ``"ivf"`` or ``"hnsw"``), ``"nlist"`` (default
+        ``min(sqrt(n_ref), n_ref / 39)``) and ``"nprobe"`` (default 16) for
+        IVF, ``"M"`` (32), ``"efConstruction"`` (40) and ``"efSearch"``
+        (default ``max(2 k, 64)``) for HNSW. ``backend="exact"`` takes none.
     n_jobs : int, default=None
-        Threads of the search. ``None``: the exact search uses as many
-        threads as the BLAS thread pool has (limit it with
+        Threads of the search. ``None``: the exact search and faiss (its
+        OpenMP pool, set around each call and restored) use as many threads
+        as the BLAS thread pool has (limit it with
         ``threadpoolctl.threadpool_limits``), pynndescent its own default.
 """
 
 
 def deterministic_backend(backend, params=None):
     """Whether ``backend`` (with ``params``) gives the same neighbours on every fit."""
+    if backend == "faiss":
+        return (params or {}).get("index", "flat") != "hnsw"
     return backend in ("exact", "auto")
 
 
@@ -85,7 +101,7 @@ def resolve_backend(backend, n_ref):
     Returns
     -------
     str
-        ``"exact"`` or ``"pynndescent"`` (``"auto"`` resolved).
+        ``"exact"``, ``"pynndescent"`` or ``"faiss"`` (``"auto"`` resolved).
     """
     if backend not in BACKENDS:
         raise ValueError(
@@ -101,9 +117,10 @@ def make_index(backend, data, *, n_jobs=None, random_state=None, params=None):
 
     Parameters
     ----------
-    backend : {"auto", "exact", "pynndescent"}
+    backend : {"auto", "exact", "pynndescent", "faiss"}
         ``"exact"``: :class:`~sklearn_advdet.search.exact.ExactIndex`;
         ``"pynndescent"``: :class:`~sklearn_advdet.search.pynndescent.PynndescentIndex`;
+        ``"faiss"``: :class:`~sklearn_advdet.search.faiss.FaissIndex`;
         ``"auto"``: the exact search below 2,000,000 references, above it a
         pynndescent graph for query batches of at least 64 rows and the exact
         search for smaller batches.
@@ -136,6 +153,14 @@ def make_index(backend, data, *, n_jobs=None, random_state=None, params=None):
             )
         return ExactIndex(data, n_jobs)
     seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    if name == "faiss":
+        from .faiss import FaissFlatScreen, FaissIndex, check_faiss_params
+
+        if check_faiss_params(params)["index"] != "flat":
+            return FaissIndex(data, seed, n_jobs, params)
+        index = ExactIndex(data, n_jobs, screen=FaissFlatScreen)
+        index.backend = "faiss"
+        return index
     from .pynndescent import PynndescentIndex
 
     index = PynndescentIndex(data, seed, n_jobs, params)

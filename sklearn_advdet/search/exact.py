@@ -10,7 +10,8 @@ import math
 
 import numpy as np
 
-from .._parallel import n_threads_for, thread_map
+from .._parallel import n_threads_for
+from ._chunks import map_chunks
 from .._rounding import safe_gamma
 
 __all__ = ["ExactIndex", "exact_row"]
@@ -67,8 +68,12 @@ class ExactIndex:
     References far from the origin are screened as a centred copy (memory:
     one more copy of the references), which keeps the window narrow.
 
-    Query chunks run on ``n_jobs`` threads (single-threaded BLAS each; by
-    default as many as the BLAS thread pool has, see :mod:`.._parallel`).
+    Query chunks are joblib tasks (:func:`._chunks.map_chunks`: ``n_jobs``
+    threads with a single-threaded BLAS each by default, as many as the BLAS
+    thread pool has; the backend of an enclosing ``joblib.parallel_config``
+    otherwise).  ``screen`` (e.g. :class:`.faiss.FaissFlatScreen`) replaces
+    the screening GEMM by an external one with its own error bound; the
+    re-ranking, and so the answer, stay the same.
     ``benchmarks/bench_knn.py`` measured this faster than scikit-learn's
     ``NearestNeighbors(algorithm="brute")``, whose float64 reduction keeps a
     heap of ``k`` per query.
@@ -76,14 +81,14 @@ class ExactIndex:
 
     backend = "exact"
 
-    def __init__(self, data, n_jobs=None):
+    def __init__(self, data, n_jobs=None, screen=None):
         self.data = data
         self.sqnorm = np.einsum("ij,ij->i", data, data, dtype=np.float64)
         self.n_jobs = n_jobs
         # The screening window grows with the largest norm: references far
         # from the origin (their mean dwarfs their spread) are screened as a
         # centred copy, which narrows it (distances do not change).
-        self._shift, screen = None, data
+        self._shift, screen_copy = None, data
         if data.shape[0]:
             # any centre gives the same distances: the mean by one BLAS GEMV,
             # and the centred norms from |x|^2 - 2 x.mu + |mu|^2 (only to
@@ -92,14 +97,16 @@ class ExactIndex:
             centred = self.sqnorm - 2.0 * (data @ mu) + float(mu @ mu)
             if self.sqnorm.max() > _CENTRE_RATIO * max(float(centred.max()), 0.0):
                 self._shift = mu
-                screen = data - mu
-        self._screen_data = screen
-        if screen is data:
+                screen_copy = data - mu
+        self._screen_data = screen_copy
+        if screen_copy is data:
             sq = self.sqnorm
         else:
-            sq = np.einsum("ij,ij->i", screen, screen, dtype=np.float64)
+            sq = np.einsum("ij,ij->i", screen_copy, screen_copy, dtype=np.float64)
         self._sq = sq.astype(data.dtype)
         self._rmax = math.sqrt(float(sq.max())) if data.shape[0] else 0.0
+        # optional external screener (faiss flat) of the same screening copy
+        self._screener = None if screen is None else screen(screen_copy, n_jobs)
 
     def query(self, Q, k):
         """k nearest references of every row of ``Q``.
@@ -115,14 +122,24 @@ class ExactIndex:
         margin = min(n_ref, k + max(32, k // 4))
         n_threads = n_threads_for(self.n_jobs)
         rows = max(1, min(_QUERY_CHUNK, -(-Q.shape[0] // n_threads)))
+        screened = None
+        if self._screener is not None and Q.shape[0]:
+            # the external screener runs its own threads over all the queries
+            screened = self._screener.search(self._centred(Q), margin)
 
         def chunk(start):
-            return self._query_chunk(Q[start : start + rows], k, margin)
+            part = None if screened is None else (
+                screened[0][start : start + rows], screened[1][start : start + rows])
+            return self._query_chunk(Q[start : start + rows], k, margin, part)
 
-        parts = list(thread_map(chunk, range(0, Q.shape[0], rows), n_threads))
+        parts = map_chunks(chunk, range(0, Q.shape[0], rows), n_threads)
         if not parts:
             return np.empty((0, k)), np.empty((0, k), dtype=np.intp)
         return np.concatenate([p[1] for p in parts]), np.concatenate([p[0] for p in parts])
+
+    def _centred(self, Q):
+        Qw = np.asarray(Q, dtype=self.data.dtype)
+        return Qw if self._shift is None else Qw - self._shift
 
     def _screen(self, Qw, M):
         """The M smallest ``|r|^2 - 2 q.r`` per query (values, indices), unsorted."""
@@ -144,18 +161,20 @@ class ExactIndex:
             best_v, best_i = vals, idx
         return best_v, best_i
 
-    def _query_chunk(self, Q, k, M):
+    def _query_chunk(self, Q, k, M, screened=None):
         R = self.data
         n_ref, d = R.shape
-        Qw = np.asarray(Q, dtype=R.dtype)
-        if self._shift is not None:
-            Qw = Qw - self._shift
-        vals, cand = self._screen(Qw, M)
-        order = np.argsort(vals, axis=1)
-        vals = _take_rows(vals, order).astype(np.float64)
-        cand = _take_rows(cand, order)
+        Qw = self._centred(Q)
         q_norm = np.sqrt(np.einsum("ij,ij->i", Qw, Qw, dtype=np.float64))
-        bound = safe_gamma(d + 2, R.dtype) * (self._rmax**2 + 2.0 * q_norm * self._rmax)
+        if screened is None:
+            vals, cand = self._screen(Qw, M)
+            order = np.argsort(vals, axis=1)
+            vals = _take_rows(vals, order).astype(np.float64)
+            cand = _take_rows(cand, order)
+            bound = safe_gamma(d + 2, R.dtype) * (self._rmax**2 + 2.0 * q_norm * self._rmax)
+        else:  # sorted squared distances of the screener, with its own error bound
+            vals, cand = screened
+            bound = self._screener.error_bound(q_norm, self._rmax, d)
         inside = (vals <= (vals[:, k - 1] + 2.0 * bound)[:, None]).sum(axis=1)
         width = int(inside.max())
         cand = cand[:, :width]
