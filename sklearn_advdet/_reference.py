@@ -4,7 +4,8 @@ The reference set is the classifier's *training-set* features with their
 class labels.  It is not the detection data, so an estimator that sits
 inside a detection pipeline receives it as a parameter rather than through
 ``fit``.  This module turns the accepted forms of that parameter into a pair
-of arrays ``(X_ref, y_ref)``.
+of arrays ``(X_ref, y_ref)``; a feature store becomes a lazy
+:class:`~sklearn_advdet._layered.LayeredView` of its layer files.
 """
 
 import os
@@ -32,11 +33,12 @@ def load_reference(reference):
         ``(X_ref, y_ref)``; a mapping or object holding them as ``X``/``y``,
         ``X_ref``/``y_ref`` or ``data``/``target`` (e.g. a Bunch); or a
         feature store (opened, or its directory) whose ``X`` (layers, then
-        the logits when the store has them) and ``labels`` are used.
+        the logits when the store has them; a :class:`LayeredView` over the
+        memory-mapped files, nothing concatenated) and ``labels`` are used.
 
     Returns
     -------
-    X_ref : array-like of shape (n_reference, n_features)
+    X_ref : array-like or LayeredView of shape (n_reference, n_features)
     y_ref : array-like of shape (n_reference,)
     layout : FeatureLayout or None
         The store's column layout when ``reference`` is a feature store.
@@ -53,7 +55,10 @@ def load_reference(reference):
                 "labels: the reference set must be the classifier's training "
                 "features stored with their labels"
             )
-        return reference.X, labels, reference.layout
+        # out of core: the layer files stay memory-mapped, never concatenated
+        from ._layered import LayeredView
+
+        return LayeredView.from_store(reference), labels, reference.layout
     if isinstance(reference, (tuple, list)) and len(reference) == 2:
         return reference[0], reference[1], None
     pair = _from_mapping_or_attrs(reference)

@@ -20,6 +20,7 @@ from sklearn.utils.validation import (
 )
 from threadpoolctl import threadpool_limits
 
+from ._layered import LayeredView, chunked_class_means, validate_view
 from ._layout import check_layout
 from ._medoid import _cosine_medoid, _euclidean_medoid
 from ._parallel import blas_num_threads
@@ -60,6 +61,13 @@ def _compute_pivots(X, y, slices, pivots, medoid_metric, block_size, n_jobs):
         Rows of X chosen as medoids.
     """
     classes, y_idx = np.unique(y, return_inverse=True)
+    if pivots == "centroid" and isinstance(X, LayeredView):
+        # out of core: one chunked pass per layer, no class block read whole;
+        # equal bit for bit to the in-memory means
+        means = Parallel(n_jobs=n_jobs, prefer="threads")(
+            delayed(chunked_class_means)(X, y_idx, len(classes), slice(*s)) for s in slices
+        )
+        return classes, list(means), None
     members = [np.flatnonzero(y_idx == k) for k in range(len(classes))]
     tasks = [(l, k) for l in range(len(slices)) for k in range(len(classes))]
     # one joblib task per (layer, class): threads by default, and a joblib
@@ -190,9 +198,11 @@ class PivotEmbedder(TransformerMixin, BaseEstimator):
         Reference set to take the pivots from instead of ``fit``'s arguments:
         arrays, a Bunch/dict with ``X`` and ``y``, or the directory of a
         feature store (:mod:`sklearn_advdet.deep.store`; its ``X`` and
-        ``labels`` are read, so ``X`` passed to fit/transform must have the
-        store's layout).  Arrays given here are copied whenever the estimator
-        is cloned (as by ``GridSearchCV``); for large sets prefer a path.
+        ``labels`` are used, so ``X`` passed to fit/transform must have the
+        store's layout).  A store is read out of core: its layer files stay
+        memory-mapped (see ``fit``).  Arrays given here are copied whenever
+        the estimator is cloned (as by ``GridSearchCV``); for large sets
+        prefer a path.
     memory : str, joblib.Memory or None, default=None
         Cache of the pivot computation.  The key is the reference data, its
         labels, the embedded columns, ``pivots`` and ``medoid_metric``;
@@ -309,12 +319,18 @@ class PivotEmbedder(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), FeatureStore or LayeredView
             Reference features (``reference=None``), or the detection
-            features whose width is checked (``reference`` given).
+            features whose width is checked (``reference`` given).  A
+            feature store (or a ``sklearn_advdet._layered.LayeredView``) is
+            read out of core, never concatenated: centroids by a chunked
+            pass per layer, medoids one class of one layer at a time; the
+            pivots equal those of the in-memory fit exactly.  Only the
+            embedded layers are read (and checked for NaN).
         y : array-like of shape (n_samples,)
-            Class labels of the reference set when ``reference=None``;
-            ignored otherwise (they are detection labels then).
+            Class labels of the reference set when ``reference=None`` (for
+            a store, its ``labels`` by default); ignored otherwise (they
+            are detection labels then).
 
         Returns
         -------
@@ -335,13 +351,16 @@ class PivotEmbedder(TransformerMixin, BaseEstimator):
         self._check_params()
         float_dtypes = [np.float64, np.float32]
         if self.reference is None:
-            X, y = validate_data(self, X, y, dtype=float_dtypes)
-            X_ref, y_ref, store_layout = X, y, None
+            view = validate_view(self, X, y, labels=True)  # out of core: no copy
+            X, y = view or validate_data(self, X, y, dtype=float_dtypes)
+            X_ref, y_ref, store_layout = X, y, getattr(X, "layout", None)
         else:
             # y holds detection labels here: never used as classes
-            X = validate_data(self, X, dtype=float_dtypes)
+            view = validate_view(self, X)
+            X = view[0] if view else validate_data(self, X, dtype=float_dtypes)
             X_ref, y_ref, store_layout = load_reference(self.reference)
-            X_ref = check_array(X_ref, dtype=float_dtypes, input_name="X_ref")
+            if not isinstance(X_ref, LayeredView):
+                X_ref = check_array(X_ref, dtype=float_dtypes, input_name="X_ref")
             y_ref = check_array(
                 y_ref, ensure_2d=False, dtype=None, input_name="y_ref"
             )
@@ -406,7 +425,8 @@ class PivotEmbedder(TransformerMixin, BaseEstimator):
             ``l``'s distances to the ``C`` class pivots.
         """
         check_is_fitted(self, "pivots_")
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        view = validate_view(self, X, reset=False)
+        X = view[0] if view else validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         C = len(self.classes_)
         Z = np.empty((X.shape[0], len(self.pivots_) * C), dtype=np.float32)
         step = int(self.block_size)
