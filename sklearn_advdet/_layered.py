@@ -202,11 +202,17 @@ class LayeredView:
         out = self[:, :]
         return out if dtype is None else out.astype(dtype, copy=False)
 
-    def row_chunks(self, cols, chunk_rows):
-        """Yield ``(lo, hi, X[lo:hi, cols])`` over all rows, ``chunk_rows`` at a time."""
-        for lo in range(0, self.shape[0], chunk_rows):
-            hi = min(lo + chunk_rows, self.shape[0])
-            yield lo, hi, self[lo:hi, cols]
+    def block(self, i):
+        """Block ``i`` itself (a store layer's read-only memmap), not a copy.
+
+        For code that streams over all rows in its own blocks (an exact k-NN
+        search screening reference blocks): nothing is read, nothing checked.
+        """
+        arr = self._blocks[i]
+        if isinstance(arr, np.ndarray) and arr.flags.writeable:
+            arr = arr.view()
+            arr.flags.writeable = False
+        return arr
 
 
 def _rebuild(blocks, layout, names, dtype, check_finite):
