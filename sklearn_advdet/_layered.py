@@ -232,11 +232,12 @@ def as_layered(X):
 def chunked_class_means(X, y_idx, n_classes, cols):
     """Per-class means of ``X[:, cols]`` in float64, reading rows chunk by chunk.
 
-    Each class's rows are summed one after the other in row order, continuing
-    across chunks (the running sum of a class is the first row of its next
-    segment), so the result equals ``X[y_idx == k, cols].astype(float64)
-    .mean(axis=0)`` bit for bit, the in-memory centroid.  Memory: a few
-    buffers of about ``_CHUNK_BYTES`` plus the ``(n_classes, d)`` sums.
+    Each class's rows are added to its float64 running sum one after the
+    other in row order, across chunks, so the result equals
+    ``X[y_idx == k, cols].astype(float64).mean(axis=0)`` bit for bit, the
+    in-memory centroid (numpy reduces the rows of a C-ordered block in row
+    order too).  Memory: one chunk of about ``_CHUNK_BYTES / 2`` plus the
+    ``(n_classes, d)`` sums.
 
     Parameters
     ----------
@@ -254,20 +255,18 @@ def chunked_class_means(X, y_idx, n_classes, cols):
     start, stop, _ = cols.indices(X.shape[1])
     d = stop - start
     sums = np.zeros((n_classes, d))
+    acc = list(sums)  # one running-sum view per class
+    seen = np.zeros(n_classes, dtype=bool)
     chunk_rows = max(1, _CHUNK_BYTES // (8 * max(d, 1)))
     for lo in range(0, X.shape[0], chunk_rows):
         hi = min(lo + chunk_rows, X.shape[0])
         block = X[lo:hi, cols]
-        yc = y_idx[lo:hi]
-        order = np.argsort(yc, kind="stable")
-        present, first = np.unique(yc[order], return_index=True)
-        seg = first + np.arange(len(present))  # each segment: running sum, then rows
-        buf = np.empty((len(block) + len(present), d))
-        rows = np.ones(len(buf), dtype=bool)
-        rows[seg] = False
-        buf[seg] = sums[present]
-        buf[rows] = block[order]
-        sums[present] = np.add.reduceat(buf, seg, axis=0)
+        for row, k in zip(block, y_idx[lo:hi].tolist()):
+            if seen[k]:
+                np.add(acc[k], row, out=acc[k])
+            else:  # a reduction starts from the first row itself (keeps -0.0)
+                acc[k][...] = row
+                seen[k] = True
     counts = np.bincount(y_idx, minlength=n_classes)
     return sums / counts[:, None]
 
