@@ -197,9 +197,12 @@ def fpr_at_tpr(y_true, y_score, tpr=0.95):
 def detection_report(y_true, y_score, attack, *, tpr=0.95, digits=3, output_dict=False):
     """Per-attack AUC, EER accuracy and FPR at a TPR, with macro and overall rows.
 
-    The compact text form of :func:`sklearn_advdet.evaluation.detection_report`
-    (the one report of the package, which computes every figure here and
-    adds TPR at 1 % / 5 % FPR and bootstrap intervals over source images).
+    The compact, point-estimate form of
+    :func:`sklearn_advdet.evaluation.detection_report` (which adds TPR at 1 % /
+    5 % FPR and bootstrap intervals over source images). It is computed here
+    from scikit-learn's ROC functions, independently of that report (whose
+    point estimates a test checks against these), and keeps this module free
+    of any import from :mod:`sklearn_advdet.evaluation`.
 
     Parameters
     ----------
@@ -229,25 +232,29 @@ def detection_report(y_true, y_score, attack, *, tpr=0.95, digits=3, output_dict
     macro AUC      4  0.917
     overall        4  0.917    0.708       0.333
     """
-    from .evaluation.report import detection_report as full_report
-
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr must be in (0, 1], got {tpr!r}")
     y_true, y_score = _check_binary(y_true, y_score)
     attack = _check_attack(y_true, attack)
-    full = full_report(y_true, y_score, attack, n_bootstrap=0, tpr_level=tpr)
+    auc = roc_auc_per_attack(y_true, y_score, attack)
+    acc = _per_attack(y_true, y_score, attack, eer_accuracy)
+    fpr = _per_attack(y_true, y_score, attack, lambda t, s: fpr_at_tpr(t, s, tpr))
     rows = {}
-    for name, r in full.rows.items():
-        if name == "macro":
-            rows["macro AUC"] = {"n_adv": r["n_adv"], "auc": r["auc"]["value"]}
-            continue
+    for name in auc:
         rows[name] = {
-            "n_adv": r["n_adv"],
-            "auc": r["auc"]["value"],
-            "eer_accuracy": r["eer_accuracy"]["value"],
-            "fpr_at_tpr": r["fpr_at_tpr"]["value"],
+            "n_adv": int(np.sum((attack == name) & (y_true == 1))),
+            "auc": auc[name],
+            "eer_accuracy": acc[name],
+            "fpr_at_tpr": fpr[name],
         }
-    rows["overall"] = rows.pop("overall")
+    n_adv = int(np.sum(y_true == 1))
+    rows["macro AUC"] = {"n_adv": n_adv, "auc": float(np.mean(list(auc.values())))}
+    rows["overall"] = {
+        "n_adv": n_adv,
+        "auc": overall_auc(y_true, y_score),
+        "eer_accuracy": eer_accuracy(y_true, y_score),
+        "fpr_at_tpr": fpr_at_tpr(y_true, y_score, tpr),
+    }
     if output_dict:
         return rows
     fpr_head = f"FPR@{tpr:.0%}TPR"
