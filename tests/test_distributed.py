@@ -53,8 +53,6 @@ def test_pivots_on_a_cluster_equal_the_local_fit(client, pivots):
     np.testing.assert_array_equal(local.transform(X[:50]), remote.transform(X[:50]))
 
 
-@pytest.mark.xfail(strict=True, reason="the exact kNN search runs its own thread pool "
-                   "over query chunks, not joblib (issue 14, item 3: not done)")
 def test_knn_scores_on_a_cluster_equal_the_local_run(client):
     X, y = _reference(seed=1, n=800)
     logits = np.eye(4)[y] * 3.0
