@@ -30,15 +30,18 @@ def test_end_to_end(small, tmp_path):
                                                    n_bootstrap=50)
     md = (tmp_path / "results.md").read_text()
     doc = json.loads((tmp_path / "results.json").read_text())
-    for section in ("## Known attacks", "## Leave one attack out", "## Cross-epsilon",
-                    "## Attack transfer"):
+    for section in ("## Known attacks", "## Unseen attacks", "## Leave one attack out",
+                    "## Cross-epsilon", "## Attack transfer"):
         assert section in md
     for det in DETECTORS:
         assert f"| {det} |" in md
         assert (tmp_path / "figures" / f"roc_{det}.png").stat().st_size > 1000
         assert (tmp_path / "figures" / f"transfer_{det}.png").read_bytes()[:4] == b"\x89PNG"
     results = doc["results"]
-    assert set(results) == {"known", "leave_one_attack_out", "cross_epsilon", "transfer"}
+    assert set(results) == {"known", "unseen", "leave_one_attack_out", "cross_epsilon",
+                            "transfer"}
+    # unseen: trained on fgsm + pgd together, tested on the one other family
+    assert list(results["unseen"]["knn_score"]["held_out"]) == ["iterative_target_class"]
     # the transfer matrix is the full families x families grid
     t = results["transfer"]["knn_score"]
     assert t["train"] == t["test"] and sorted(t["train"]) == sorted(FAMILIES)
@@ -92,7 +95,7 @@ def test_bad_arguments(small, tmp_path):
         benchmark.run_benchmark_on_detection_set(small, tmp_path, detectors=["nope"])
     with pytest.raises(ValueError, match="unknown protocol"):
         benchmark.run_benchmark_on_detection_set(small, tmp_path, detectors=["energy"],
-                                                 protocols=["unseen"])
+                                                 protocols=["unknown-protocol"])
     with pytest.raises(ValueError, match="lacks"):
         benchmark.run_benchmark_on_detection_set({"X": small["X"]}, tmp_path)
     with pytest.raises(ValueError, match="depth="):

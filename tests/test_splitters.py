@@ -9,6 +9,7 @@ from sklearn_advdet.evaluation import (
     AttackTransferSplit,
     CrossEpsilonSplit,
     LeaveOneAttackOut,
+    UnseenAttackSplit,
 )
 
 
@@ -138,3 +139,28 @@ def test_leave_one_out_needs_two_families():
         list(LeaveOneAttackOut(attack).split(X, y, groups))
     with pytest.raises(ValueError, match="at least 2 attack families"):
         LeaveOneAttackOut(attack).get_n_splits(X, y, groups)
+
+
+def test_unseen_attack_split_trains_on_the_fixed_set_jointly():
+    X, y, attack, _, groups = _set(families=("fgsm", "pgd", "cw", "deepfool"))
+    cv = UnseenAttackSplit(attack, train_attacks=["FGSM", "pgd"], test_size=0.3,
+                           random_state=1)
+    assert cv.split_names(y) == [("fgsm+pgd", "cw"), ("fgsm+pgd", "deepfool")]
+    splits = list(cv.split(X, y, groups))
+    assert len(splits) == cv.get_n_splits(X, y, groups) == 2
+    for (train, test), unseen in zip(splits, ["cw", "deepfool"]):
+        assert _no_shared_image(train, test, groups)
+        assert set(attack[train][y[train] == 1]) == {"fgsm", "pgd"}
+        assert set(attack[test][y[test] == 1]) == {unseen}
+        # every authentic row of a side's images is on that side
+        side = set(groups[test])
+        expected = np.flatnonzero((y == 0) & np.isin(groups, list(side)))
+        assert set(expected) <= set(test)
+
+
+def test_unseen_attack_split_errors():
+    X, y, attack, _, groups = _set()
+    with pytest.raises(ValueError, match=r"train_attacks \['apgd'\] not among"):
+        list(UnseenAttackSplit(attack, train_attacks=["apgd"]).split(X, y, groups))
+    with pytest.raises(ValueError, match="no unseen family"):
+        list(UnseenAttackSplit(attack, train_attacks=["fgsm", "pgd", "cw"]).split(X, y, groups))

@@ -16,9 +16,9 @@ def add_benchmark_parser(sub, common, out, existing_path):
         help="every detector and peer under every protocol -> Markdown/JSON tables, figures",
         description="Attack a classifier (or take a detection set), extract features once, "
                     "fit every detector and peer, run every protocol (known attacks, "
-                    "leave-one-attack-out, cross-epsilon, transfer) and write results.md, "
-                    "results.json and figures/.  Resumable: an interrupted run continues "
-                    "with --resume.")
+                    "unseen attacks, leave-one-attack-out, cross-epsilon, transfer) and "
+                    "write results.md, results.json and figures/.  Resumable: an "
+                    "interrupted run continues with --resume.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=existing_path,
                         help="folder holding cifar10-jpeg/ and weights/ (a CIFAR ResNet run)")
@@ -40,8 +40,8 @@ def add_benchmark_parser(sub, common, out, existing_path):
     p.add_argument("--detector", action="append", default=None, metavar="NAME",
                    help="detector to run, repeat for several (default: all)")
     p.add_argument("--protocol", action="append", default=None, metavar="NAME",
-                   help="known, leave_one_attack_out, cross_epsilon or transfer; repeat "
-                        "(default: all)")
+                   help="known, unseen (trained on FGSM + PGD), leave_one_attack_out, "
+                        "cross_epsilon or transfer; repeat (default: all)")
     p.add_argument("--n-bootstrap", type=int, default=1000,
                    help="bootstrap resamples of the 95%% intervals (default 1000)")
     p.add_argument("--test-size", type=float, default=0.3,

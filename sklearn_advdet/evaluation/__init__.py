@@ -1,7 +1,8 @@
 """Evaluation protocols, the detection report and peer detectors (torch-free).
 
 - Protocols as scikit-learn cross-validation splitters, usable as ``cv=``:
-  :class:`LeaveOneAttackOut`, :class:`AttackTransferSplit` (the
+  :class:`LeaveOneAttackOut`, :class:`UnseenAttackSplit` (train on a fixed
+  set, test on each other family), :class:`AttackTransferSplit` (the
   train-attack x test-attack matrix), :class:`CrossEpsilonSplit`.
 - :func:`detection_report`: per-attack AUC, TPR at 1 % / 5 % FPR, FPR at
   95 % TPR and EER accuracy, each with a bootstrap interval over source
@@ -18,6 +19,7 @@ import importlib
 
 _EXPORTS = {
     "LeaveOneAttackOut": ".splitters",
+    "UnseenAttackSplit": ".splitters",
     "AttackTransferSplit": ".splitters",
     "CrossEpsilonSplit": ".splitters",
     "DetectionReport": ".report",

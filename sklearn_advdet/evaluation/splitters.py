@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.model_selection import BaseCrossValidator, GroupShuffleSplit
 from sklearn.utils import column_or_1d
 
-__all__ = ["LeaveOneAttackOut", "AttackTransferSplit", "CrossEpsilonSplit"]
+__all__ = ["LeaveOneAttackOut", "UnseenAttackSplit", "AttackTransferSplit", "CrossEpsilonSplit"]
 
 
 def _first_order(values):
@@ -203,6 +203,67 @@ class LeaveOneAttackOut(_ProtocolSplit):
     def split_names(self, y):
         """The held-out family's name is the test name; training names the rest."""
         return super().split_names(y)
+
+
+class UnseenAttackSplit(_ProtocolSplit):
+    """Train on a fixed set of attack families together, test on each of the others.
+
+    The protocol of "a detector trained on the attacks you could generate,
+    facing the ones you could not": one split per family not in
+    ``train_attacks``; each trains on the authentic rows and every
+    ``train_attacks`` family of the training images, and tests on the
+    authentic rows and that one unseen family of the test images.  Names are
+    compared without regard to case.
+
+    Parameters
+    ----------
+    attack : array-like of shape (n_samples,)
+        Attack name of every row (ignored on authentic rows).
+    train_attacks : sequence of str, default=("FGSM", "PGD")
+        Families seen in training; each must be among the adversarial rows.
+    test_size : float or int, default=0.3
+    random_state : int, RandomState instance or None, default=None
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_advdet.evaluation import UnseenAttackSplit
+    >>> attack = np.array(["-"] * 4 + ["fgsm"] * 4 + ["pgd"] * 4 + ["cw"] * 4)
+    >>> y = (attack != "-").astype(int)
+    >>> UnseenAttackSplit(attack, train_attacks=["FGSM", "PGD"]).split_names(y)
+    [('fgsm+pgd', 'cw')]
+    """
+
+    def __init__(self, attack, *, train_attacks=("FGSM", "PGD"), test_size=0.3,
+                 random_state=None):
+        self.attack = attack
+        self.train_attacks = train_attacks
+        self.test_size = test_size
+        self.random_state = random_state
+
+    def _meta(self):
+        _check_test_size(self.test_size)
+        return np.asarray(column_or_1d(self.attack)).astype(str)
+
+    def _pairs(self, y, meta):
+        present = [str(f) for f in _first_order(meta[y == 1])]
+        wanted = ([self.train_attacks] if isinstance(self.train_attacks, str)
+                  else list(self.train_attacks))
+        by_lower = {p.lower(): p for p in present}
+        missing = [w for w in wanted if str(w).lower() not in by_lower]
+        if missing or not wanted:
+            raise ValueError(
+                f"train_attacks {missing or wanted!r} not among the adversarial rows' "
+                f"attacks {present!r}: pick names from that list"
+            )
+        train = [by_lower[str(w).lower()] for w in wanted]
+        unseen = [p for p in present if p not in train]
+        if not unseen:
+            raise ValueError(
+                f"every attack family {present!r} is in train_attacks: no unseen "
+                "family is left to test on"
+            )
+        return [(train, [u]) for u in unseen]
 
 
 class AttackTransferSplit(_ProtocolSplit):

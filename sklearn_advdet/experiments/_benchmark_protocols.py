@@ -22,13 +22,18 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from .._progress import get_logger, progress
-from ..evaluation.splitters import AttackTransferSplit, CrossEpsilonSplit, LeaveOneAttackOut
+from ..evaluation.splitters import (AttackTransferSplit, CrossEpsilonSplit, LeaveOneAttackOut,
+                                    UnseenAttackSplit)
 from ._benchmark_detectors import detection_scores
 
 __all__ = ["PROTOCOLS", "protocol_splits", "run_cells", "split_frozen"]
 
 #: protocol names, in table order
-PROTOCOLS = ("known", "leave_one_attack_out", "cross_epsilon", "transfer")
+PROTOCOLS = ("known", "unseen", "leave_one_attack_out", "cross_epsilon", "transfer")
+
+#: families the "unseen" protocol trains on (the gradient-sign attacks a user can
+#: generate cheaply); it tests on every other family
+UNSEEN_TRAIN_ATTACKS = ("FGSM", "PGD")
 
 _log = get_logger("benchmark")
 
@@ -62,6 +67,14 @@ def protocol_splits(protocol, data, *, test_size, random_state):
     common = dict(test_size=test_size, random_state=random_state)
     if protocol == "known":
         cv = _Known(**common)
+    elif protocol == "unseen":
+        present = {str(a).lower() for a in np.unique(data.attack[data.y == 1])}
+        train = [a for a in UNSEEN_TRAIN_ATTACKS if a.lower() in present]
+        if len(train) < len(UNSEEN_TRAIN_ATTACKS) or len(present) <= len(train):
+            _log.info("unseen skipped: it trains on %s and tests on the other families",
+                      "+".join(UNSEEN_TRAIN_ATTACKS))
+            return []
+        cv = UnseenAttackSplit(data.attack, train_attacks=train, **common)
     elif protocol == "leave_one_attack_out":
         cv = LeaveOneAttackOut(data.attack, **common)
     elif protocol == "transfer":

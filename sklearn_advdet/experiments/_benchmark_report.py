@@ -32,7 +32,7 @@ def summarise(cells, data, *, n_bootstrap, random_state):
             if protocol == "known":
                 (_, _, test, scores), = rows
                 res[det] = _report(data, test, scores, n_bootstrap, random_state).to_dict()
-            elif protocol == "leave_one_attack_out":
+            elif protocol in ("leave_one_attack_out", "unseen"):
                 res[det] = _loao(rows, data, n_bootstrap, random_state)
             else:
                 train_names = list(dict.fromkeys(r[0] for r in rows))
@@ -106,9 +106,10 @@ def _known_md(res, groups):
     return "\n".join(text)
 
 
-def _loao_md(res, groups):
+def _loao_md(res, groups, title="## Leave one attack out (trained on the other attacks, "
+             "tested on this one)\n"):
     fams = list(next(iter(res.values()))["held_out"])
-    text = ["## Leave one attack out (trained on the other attacks, tested on this one)\n",
+    text = [title,
             "ROC AUC of the held-out attack [95 % interval]; macro = mean over held-out "
             "attacks (interval from the same resamples of the test images).\n"]
     rows = [[d, groups.get(d, "")] + [_fmt(r["held_out"][f]["auc"]) for f in fams]
@@ -132,6 +133,9 @@ def markdown(results, summary, groups):
     parts = ["# Detection benchmark\n", summary]
     if results.get("known"):
         parts.append(_known_md(results["known"], groups))
+    if results.get("unseen"):
+        parts.append(_loao_md(results["unseen"], groups, title=(
+            "## Unseen attacks (trained on FGSM + PGD only, tested on each other attack)\n")))
     if results.get("leave_one_attack_out"):
         parts.append(_loao_md(results["leave_one_attack_out"], groups))
     if results.get("cross_epsilon"):

@@ -9,7 +9,7 @@ and hands it to :func:`run_benchmark_on_detection_set`, the torch-free part:
 1. fit the reference steps of every detector once (papers' methods, new
    compositions, the default detector, the peers: see
    :data:`~sklearn_advdet.experiments._benchmark_detectors.DETECTORS`);
-2. for every protocol (``known``, ``leave_one_attack_out``,
+2. for every protocol (``known``, ``unseen``, ``leave_one_attack_out``,
    ``cross_epsilon``, ``transfer``; one partition of the source images for
    all) fit each detector on each split's training rows and score its test
    rows, caching each cell's scores under ``<out_dir>/cache``;
