@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.decomposition import PCA
+from sklearn.naive_bayes import GaussianNB
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -91,6 +91,7 @@ def _pipelines(d):
                                 ("logit", LogitFeatures(lay, features=["energy"]))],
                                static=["logit"], static_as="broadcast"),
             MLPDetector(max_epochs=2, random_state=0)),
+        "make_detector-default": make_detector(lay, d["X_ref"], d["y_ref"], random_state=0),
         "make_detector-logistic": make_detector(
             lay, d["X_ref"], d["y_ref"], features=["logit", "mahalanobis", "lid", "knn",
                                                    "pivots"], classifier="logistic"),
@@ -101,7 +102,8 @@ PIPELINE_NAMES = [
     "pivots-centroid-euclidean-mlp", "pivots-medoid-cosine-lstm",
     "pivots-cosine-similarity-logistic", "logit-features", "mahalanobis-predicted-log",
     "mahalanobis-closest-oas", "knn-uniform", "knn-rank-l2", "knn-distance-pca", "lid",
-    "sequence-static-step-lstm", "sequence-broadcast-mlp", "make_detector-logistic",
+    "sequence-static-step-lstm", "sequence-broadcast-mlp", "make_detector-default",
+    "make_detector-logistic",
 ]
 
 
@@ -202,10 +204,9 @@ def test_loading_refuses_arbitrary_pickles(tmp_path):
 
 def test_unsupported_steps_are_named(digits):
     lay = digits["layout"]
-    hgb = make_pipeline(LogitFeatures(lay), HistGradientBoostingClassifier(max_iter=5))
-    hgb.fit(digits["X"], digits["y_det"])
-    with pytest.raises(TypeError, match="HistGradientBoostingClassifier"):
-        GuardedModel(digits["model"], hgb, layers=LAYERS)
+    nb = make_pipeline(LogitFeatures(lay), GaussianNB()).fit(digits["X"], digits["y_det"])
+    with pytest.raises(TypeError, match="final step GaussianNB"):
+        GuardedModel(digits["model"], nb, layers=LAYERS)
     pca = make_pipeline(PCA(3), LogisticRegression()).fit(digits["X"], digits["y_det"])
     with pytest.raises(TypeError, match="cannot convert the step PCA"):
         GuardedModel(digits["model"], pca, layers=LAYERS)

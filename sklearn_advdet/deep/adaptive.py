@@ -133,11 +133,13 @@ def check_input_gradients(guarded, images, labels):
         nonzero = g.flatten(1).abs().amax(dim=1) > 0
         if not bool(nonzero.any()):
             fix = ("use the differentiable surrogate (GuardedModel(..., surrogate=True): "
-                   "soft kNN as BPDA) or a detector with a gradient"
+                   "soft kNN as BPDA) or, for a tree ensemble, a differentiable last "
+                   "step (logistic regression, MLP) to attack through"
                    if name == "detector" else "check that the model is differentiable")
             raise GradientError(
                 f"the {name}'s input gradient is zero on every image: a step is "
-                f"piecewise constant (e.g. the exact kNN class score); {fix}")
+                f"piecewise constant (e.g. the exact kNN class score, gradient-boosted "
+                f"trees); {fix}")
         out[name] = float(nonzero.float().mean())
     return out
 

@@ -26,6 +26,7 @@ CONVERTIBLE_STEPS = (
     "PivotEmbedder", "StandardScaler", "LogitFeatures", "MahalanobisScorer",
     "KNNClassScorer", "LIDScorer", "LayerSequenceUnion",
     "LogisticRegression", "MLPDetector", "SequenceLSTMDetector",
+    "HistGradientBoostingClassifier",
 )
 
 
@@ -380,9 +381,15 @@ def _convert_head(est):
         if est.coef_.shape[0] != 1:
             raise ValueError("LogisticRegression must be binary (one row of coef_)")
         return _LinearHead(est)
+    if name == "HistGradientBoostingClassifier":
+        from ._torch_trees import HGBHead
+
+        _check_binary_classes(est, name)
+        return HGBHead(est)
     raise TypeError(
         f"cannot convert the final step {name} to torch: the guarded model's last "
-        "step must be LogisticRegression, MLPDetector or SequenceLSTMDetector "
+        "step must be LogisticRegression, MLPDetector, SequenceLSTMDetector or "
+        "HistGradientBoostingClassifier "
         f"(convertible steps: {', '.join(CONVERTIBLE_STEPS)})")
 
 
