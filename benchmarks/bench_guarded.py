@@ -234,7 +234,7 @@ def adaptive_main(args):
         rows[name]["seconds"] = time.perf_counter() - t
         print(name, rows[name], flush=True)
     lines = [
-        "# Adaptive attacks on ResNet-20 guarded by pivots + MLP (bench_adaptive.py)",
+        "# Adaptive attacks on ResNet-20 guarded by pivots + MLP (bench_guarded.py --adaptive)",
         "",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
         f"{platform.machine()}, {os.cpu_count()} shared cores, {args.threads} torch threads, "
