@@ -49,14 +49,8 @@ def _reference_step(name, layout, n_ref, n_jobs):
 
 def _final_steps(mode, classifier, random_state, n_jobs):
     if mode == "authentic":
-        try:
-            from .authentic import AuthenticDensityDetector
-        except ImportError as exc:  # pragma: no cover - until authentic.py lands
-            raise NotImplementedError(
-                "mode='authentic' needs sklearn_advdet.authentic."
-                "AuthenticDensityDetector, which this installation lacks: use "
-                "mode='supervised'"
-            ) from exc
+        from .authentic import AuthenticDensityDetector
+
         return [("detector", AuthenticDensityDetector(random_state=random_state,
                                                       n_jobs=n_jobs))]
     if classifier == "boosting":

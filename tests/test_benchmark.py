@@ -21,7 +21,7 @@ def small():
     m &= d.attack != "gaussian_noise"  # keep the authentic rows of the clean images only
     m &= d.attack != "sign_noise"
     data = {k: d[k][m] for k in ("X", "y", "attack", "groups", "eps")}
-    data.update(X_ref=d.X_ref, y_ref=d.y_ref, layout=d.layer_sizes)
+    data.update(X_ref=d.X_ref, y_ref=d.y_ref, layout=d.layer_sizes, X_errors=d.X_errors)
     return data
 
 
@@ -39,7 +39,8 @@ def test_end_to_end(small, tmp_path):
         assert (tmp_path / "figures" / f"transfer_{det}.png").read_bytes()[:4] == b"\x89PNG"
     results = doc["results"]
     assert set(results) == {"known", "unseen", "leave_one_attack_out", "cross_epsilon",
-                            "transfer"}
+                            "transfer", "natural_errors"}
+    assert "## Summary: macro ROC AUC" in md and "## Natural errors" in md
     # unseen: trained on fgsm + pgd together, tested on the one other family
     assert list(results["unseen"]["knn_score"]["held_out"]) == ["iterative_target_class"]
     # the transfer matrix is the full families x families grid
@@ -66,6 +67,39 @@ def test_end_to_end(small, tmp_path):
     assert res["paths"][0].endswith("results.md")
 
 
+def test_natural_errors_and_the_authentic_detectors_threshold(small, tmp_path):
+    """Natural errors flagged and the FPR the authentic-only default reaches,
+    against the same detectors fitted and applied by hand on the known split."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    from sklearn_advdet import make_detector
+    from sklearn_advdet.evaluation import MaxSoftmaxPeer
+
+    res = benchmark.run_benchmark_on_detection_set(
+        small, tmp_path, detectors=["max_softmax", "default_authentic"], protocols=["known"],
+        n_bootstrap=0)
+    nat = res["results"]["natural_errors"]
+    X, y, g = (np.asarray(small[k]) for k in ("X", "y", "groups"))
+    E = small["X_errors"]
+    train, test = next(GroupShuffleSplit(1, test_size=0.3, random_state=0).split(X, y, g))
+    auth = test[y[test] == 0]
+    peer = MaxSoftmaxPeer(small["layout"]).fit(X)
+    thr = np.quantile(peer.transform(X[auth])[:, 0], 0.95, method="higher")
+    assert nat["max_softmax"]["n_errors"] == len(E) > 0
+    assert nat["max_softmax"]["errors_flagged_at_5pct_fpr"] == pytest.approx(
+        np.mean(peer.transform(E)[:, 0] > thr))
+    assert "realised_fpr" not in nat["max_softmax"]
+    det = make_detector(small["layout"], small["X_ref"], small["y_ref"], mode="authentic",
+                        random_state=0)
+    det.fit(X[train][y[train] == 0])
+    own = nat["default_authentic"]
+    assert own["target_fpr"] == 0.05 and own["n_authentic_test"] == len(auth)
+    assert own["realised_fpr"] == pytest.approx(np.mean(det.predict(X[auth])))
+    assert own["errors_flagged_at_own_threshold"] == pytest.approx(np.mean(det.predict(E)))
+    md = (tmp_path / "results.md").read_text()
+    assert f"{own['realised_fpr']:.3f} of {len(auth)} (0.05)" in md
+
+
 def test_resume_and_cache_guard(small, tmp_path):
     first = benchmark.run_benchmark_on_detection_set(
         small, tmp_path, detectors=["max_softmax", "logit_mahalanobis_logistic"],
@@ -82,6 +116,13 @@ def test_resume_and_cache_guard(small, tmp_path):
         protocols=["known", "transfer"], n_bootstrap=20)
     assert {p: (tmp_path / p).stat().st_mtime_ns for p in cells} == stamp  # nothing refitted
     assert again["results"] == first["results"]
+    # one more detector later: the finished detectors' cells are reused as they are
+    more = benchmark.run_benchmark_on_detection_set(
+        small, tmp_path, detectors=["max_softmax", "logit_mahalanobis_logistic", "energy"],
+        protocols=["known", "transfer"], n_bootstrap=20)
+    assert {p: (tmp_path / p).stat().st_mtime_ns for p in cells} == stamp
+    assert more["results"]["known"]["max_softmax"] == first["results"]["known"]["max_softmax"]
+    assert (tmp_path / "cache" / "known" / "energy").is_dir()
     other = dict(small, y=small["y"].copy())
     other["X"] = small["X"] + 1.0
     with pytest.raises(ValueError, match="another data set or other settings"):

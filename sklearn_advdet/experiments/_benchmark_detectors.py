@@ -15,7 +15,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline, make_union
 from sklearn.preprocessing import StandardScaler
 
-__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "resolve_detectors", "detection_scores"]
+__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "CALIBRATED", "resolve_detectors",
+           "detection_scores"]
 
 
 def _frozen(est, X_ref, y_ref):
@@ -77,6 +78,15 @@ def _default(layout, X_ref, y_ref, settings):
                          n_jobs=settings["n_jobs"])
 
 
+def _default_authentic(layout, X_ref, y_ref, settings):
+    """make_detector's authentic-only mode; it drops the adversarial rows of a split."""
+    from ..recipes import make_detector
+
+    det = make_detector(layout, X_ref, y_ref, mode="authentic",
+                        random_state=settings["random_state"], n_jobs=settings["n_jobs"])
+    return det.set_params(detector__drop_adversarial=True)
+
+
 def _peer(cls_name, **params):
     def factory(layout, X_ref, y_ref, settings):
         from .. import evaluation
@@ -88,7 +98,8 @@ def _peer(cls_name, **params):
     return factory
 
 
-#: name -> (group, factory); groups: "paper", "composition", "default", "peer"
+#: name -> (group, factory); groups: "paper", "composition", "default",
+#: "default, authentic only" (fitted on the authentic rows of each split), "peer"
 DETECTORS = {
     "pivots_lstm": ("paper", _pivots_lstm),
     "pivots_mlp": ("paper", _pivots_mlp),
@@ -96,6 +107,7 @@ DETECTORS = {
     "logit_mahalanobis_boosting": ("composition", _logit_mahalanobis),
     "logit_mahalanobis_logistic": ("composition", _logit_mahalanobis_logistic),
     "default": ("default", _default),
+    "default_authentic": ("default, authentic only", _default_authentic),
     "max_softmax": ("peer", _peer("MaxSoftmaxPeer")),
     "energy": ("peer", _peer("EnergyPeer")),
     "mahalanobis": ("peer", _peer("MahalanobisPeer")),
@@ -104,6 +116,10 @@ DETECTORS = {
     "kernel_density": ("peer", _peer("KernelDensityPeer")),
     "dknn_credibility": ("peer", _peer("DkNNCredibilityPeer", random_state=0)),
 }
+
+#: detectors whose ``decision_function > 0`` is a threshold calibrated to a
+#: target false-positive rate on authentic rows: name -> that target
+CALIBRATED = {"default_authentic": 0.05}
 
 #: what ``detectors=None`` runs: every entry but the pivots LSTM, whose training
 #: (one per split: 1 + F + F^2 + budgets^2 fits for F families) dominates a CPU

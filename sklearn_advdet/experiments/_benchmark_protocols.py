@@ -132,42 +132,69 @@ def split_frozen(estimator):
     return Pipeline(steps[:n]), (rest[0][1] if len(rest) == 1 else Pipeline(rest))
 
 
-def _cell(cache, estimator, X, y, train, test):
-    """Test scores of one cell, from the cache or by fitting ``estimator``."""
-    if cache.exists():
-        with np.load(cache) as f:
-            if np.array_equal(f["test"], test):
-                return f["scores"]
+def _from_cache(path, test, extra):
+    """``(scores, extra scores)`` stored at ``path`` for these rows, or None."""
+    if not path.exists():
+        return None
+    with np.load(path) as f:
+        if not np.array_equal(f["test"], test):
+            return None
+        if extra is None:
+            return f["scores"], None
+        if "extra" in f.files and np.array_equal(f["extra"], extra):
+            return f["scores"], f["extra_scores"]
+    return None
+
+
+def _cell(cache, estimator, X, y, train, test, extra=None):
+    """Test scores of one cell (and of the ``extra`` rows), cached or by fitting."""
+    hit = _from_cache(cache, test, extra)
+    if hit is not None:
+        return hit
     est = clone(estimator).fit(X[train], y[train])
     scores = detection_scores(est, X[test])
-    _save_npz_atomic(cache, test=test, scores=scores)
-    return scores
+    arrays = dict(test=test, scores=scores)
+    extra_scores = None
+    if extra is not None:
+        extra_scores = detection_scores(est, X[extra])
+        arrays.update(extra=extra, extra_scores=extra_scores)
+    _save_npz_atomic(cache, **arrays)
+    return scores, extra_scores
 
 
-def _cached(path, test):
-    with np.load(path) as f:
-        if np.array_equal(f["test"], test):
-            return f["scores"]
-    raise ValueError(f"{path} holds the scores of other test rows: delete it and rerun")
+def _rows(data):
+    """The detection rows, then the natural errors when the data set has them."""
+    errors = data.get("X_errors")
+    if errors is None or len(errors) == 0:
+        return np.asarray(data.X)
+    return np.vstack([np.asarray(data.X), np.asarray(errors, dtype=np.asarray(data.X).dtype)])
 
 
 def _features_once(name, estimator, data, cache_dir):
-    """The detector's input and trainable part: frozen steps applied once (cached)."""
+    """The detector's input and trainable part: frozen steps applied once (cached).
+
+    The input holds the detection rows and, after them, the natural errors.
+    """
     prefix, rest = split_frozen(estimator)
+    rows = _rows(data)
     if prefix is None:
-        return data.X, rest
+        return rows, rest
     path = Path(cache_dir) / "features" / f"{_slug(name)}.npz"
     if path.exists():
         with np.load(path) as f:
-            if f["Z"].shape[0] == data.X.shape[0]:
+            if f["Z"].shape[0] == rows.shape[0]:
                 return f["Z"], rest
-    Z = np.asarray(prefix.transform(data.X))
+    Z = np.asarray(prefix.transform(rows))
     _save_npz_atomic(path, Z=Z)
     return Z, rest
 
 
 def run_cells(protocol, splits, detectors, data, cache_dir, *, show_progress=False):
     """Scores of every (detector, split) of one protocol.
+
+    The ``known`` protocol's detectors also score the natural errors
+    (``data.X_errors``, the authentic test images the classifier gets
+    wrong, never in any training side).
 
     Parameters
     ----------
@@ -180,9 +207,15 @@ def run_cells(protocol, splits, detectors, data, cache_dir, *, show_progress=Fal
 
     Returns
     -------
-    dict of str to list of (train_name, test_name, test_idx, scores)
+    cells : dict of str to list of (train_name, test_name, test_idx, scores)
+    natural_errors : dict of str to ndarray
+        ``{detector: scores of data.X_errors}`` for ``known`` when the data
+        set has natural errors, else empty.
     """
     out = {name: [] for name in detectors}
+    n_errors = len(data.get("X_errors", ())) if protocol == "known" else 0
+    extra = np.arange(len(data.y), len(data.y) + n_errors) if n_errors else None
+    errors = {}
     bar = progress(len(splits) * len(detectors), enabled=show_progress,
                    desc=f"protocol {protocol}", unit="fit")
     with bar:
@@ -191,11 +224,15 @@ def run_cells(protocol, splits, detectors, data, cache_dir, *, show_progress=Fal
             for tr_name, te_name, train, test in splits:
                 path = Path(cache_dir) / protocol / _slug(name) / (
                     f"{_slug(tr_name)}__{_slug(te_name)}.npz")
-                if X is None and not path.exists():
-                    X, rest = _features_once(name, est, data, cache_dir)
-                scores = (_cell(path, rest, X, data.y, train, test) if X is not None
-                          else _cached(path, test))
+                hit = _from_cache(path, test, extra) if X is None else None
+                if hit is None:
+                    if X is None:
+                        X, rest = _features_once(name, est, data, cache_dir)
+                    hit = _cell(path, rest, X, data.y, train, test, extra)
+                scores, extra_scores = hit
                 out[name].append((tr_name, te_name, test, scores))
+                if extra_scores is not None:
+                    errors[name] = extra_scores
                 bar.update(1)
             _log.info("%s: %s done (%d splits)", protocol, name, len(splits))
-    return out
+    return out, errors

@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..evaluation.report import detection_report
+from ._benchmark_detectors import CALIBRATED
 
 __all__ = ["summarise", "markdown", "write_figures"]
 
@@ -23,9 +24,46 @@ def _cross_row_name(data, test, test_name):
     return "overall" if test_name not in set(data.attack[test]) else test_name
 
 
-def summarise(cells, data, *, n_bootstrap, random_state):
-    """JSON-ready results of every protocol from ``{protocol: {detector: cells}}``."""
+def natural_errors_and_calibration(known, natural, data):
+    """Per detector of the known protocol: natural errors flagged, FPR reached.
+
+    ``errors_flagged_at_5pct_fpr``: share of the natural errors scoring above
+    the 95th percentile of the test authentic rows' scores (the threshold of
+    the 5 % FPR column). For the detectors of ``CALIBRATED`` (a threshold
+    fitted to a target FPR on authentic rows, ``decision_function > 0``):
+    ``realised_fpr``, the share of test authentic rows flagged at that
+    threshold, and ``errors_flagged_at_own_threshold``.
+    """
     out = {}
+    for det, rows in known.items():
+        (_, _, test, scores), = rows
+        auth = np.asarray(scores)[data.y[test] == 0]
+        entry = {"n_authentic_test": int(auth.size)}
+        err = natural.get(det)
+        if err is not None and auth.size:
+            entry["n_errors"] = int(len(err))
+            entry["errors_flagged_at_5pct_fpr"] = float(
+                np.mean(err > np.quantile(auth, 0.95, method="higher")))
+        if det in CALIBRATED:
+            entry["target_fpr"] = CALIBRATED[det]
+            entry["realised_fpr"] = float(np.mean(auth > 0)) if auth.size else None
+            if err is not None:
+                entry["errors_flagged_at_own_threshold"] = float(np.mean(err > 0))
+        out[det] = entry
+    return out
+
+
+def summarise(cells, data, *, n_bootstrap, random_state, natural_errors=None):
+    """JSON-ready results of every protocol from ``{protocol: {detector: cells}}``.
+
+    With the known protocol, ``"natural_errors"`` holds
+    :func:`natural_errors_and_calibration` (``natural_errors``: the
+    detectors' scores of ``data.X_errors``).
+    """
+    out = {}
+    if cells.get("known"):
+        out["natural_errors"] = natural_errors_and_calibration(
+            cells["known"], natural_errors or {}, data)
     for protocol, by_det in cells.items():
         res = {}
         for det, rows in by_det.items():
@@ -67,13 +105,16 @@ def _loao(rows, data, n_bootstrap, random_state):
         if rep.bootstrap is not None:
             boots.append(rep.bootstrap[held]["auc"])
     value = float(np.mean([c["auc"]["value"] for c in per.values()]))
+    tpr = [c["tpr_at_fpr_0.05"]["value"] for c in per.values()]
     macro = {"value": value, "low": None, "high": None}
     if boots and len({b.shape for b in boots}) == 1:
         m = np.mean(boots, axis=0)
         m = m[np.isfinite(m)]
         if m.size:
             macro["low"], macro["high"] = (float(q) for q in np.quantile(m, [0.025, 0.975]))
-    return {"held_out": per, "macro_auc": value, "macro": macro}
+    return {"held_out": per, "macro_auc": value, "macro": macro,
+            "macro_tpr_at_fpr_0.05": (float(np.mean(tpr)) if all(v is not None for v in tpr)
+                                      else None)}
 
 
 def _fmt(cell, digits=3):
@@ -115,7 +156,62 @@ def _loao_md(res, groups, title="## Leave one attack out (trained on the other a
     rows = [[d, groups.get(d, "")] + [_fmt(r["held_out"][f]["auc"]) for f in fams]
             + [_fmt(r["macro"])] for d, r in res.items()]
     text.append(_table(["detector", "kind"] + fams + ["macro"], rows))
+    text.append("\nTPR at 5 % FPR of the held-out attack; macro = mean over held-out "
+                "attacks.\n")
+    rows = [[d, groups.get(d, "")]
+            + [_fmt(r["held_out"][f]["tpr_at_fpr_0.05"]) for f in fams]
+            + [_fmt({"value": r.get("macro_tpr_at_fpr_0.05")})] for d, r in res.items()]
+    text.append(_table(["detector", "kind"] + fams + ["macro"], rows))
     return "\n".join(text)
+
+
+def _off_diagonal_mean(r):
+    vals = [v for i, row in enumerate(r["auc"]) for j, v in enumerate(row)
+            if v is not None and r["train"][i] != r["test"][j]]
+    return {"value": float(np.mean(vals)) if vals else None}
+
+
+def _headline_md(results, groups):
+    """One row per detector: macro AUC under each protocol."""
+    known, unseen = results.get("known", {}), results.get("unseen", {})
+    loao, tr, ce = (results.get(k, {}) for k in ("leave_one_attack_out", "transfer",
+                                                  "cross_epsilon"))
+    head = ["detector", "kind", "known", "unseen (FGSM+PGD ->)", "leave one attack out",
+            "transfer (A -> B != A)", "cross-epsilon (a -> b != a)"]
+    rows = []
+    for d in dict.fromkeys([*known, *unseen, *loao, *tr, *ce]):
+        rows.append([d, groups.get(d, ""),
+                     _fmt(known[d]["rows"]["macro"]["auc"]) if d in known else "-",
+                     _fmt(unseen[d]["macro"]) if d in unseen else "-",
+                     _fmt(loao[d]["macro"]) if d in loao else "-",
+                     _fmt(_off_diagonal_mean(tr[d]), 3) if d in tr else "-",
+                     _fmt(_off_diagonal_mean(ce[d]), 3) if d in ce else "-"])
+    return ("## Summary: macro ROC AUC over attacks under each protocol\n\n"
+            "[95 % bootstrap interval over source images]; the last two columns average "
+            "the off-diagonal cells of the train x test matrices below.\n\n"
+            + _table(head, rows))
+
+
+def _natural_md(res, groups):
+    head = ["detector", "kind", "natural errors flagged at 5 % FPR",
+            "FPR reached at its own threshold (target)", "natural errors flagged there"]
+    rows = []
+    for d, r in res.items():
+        flagged = r.get("errors_flagged_at_5pct_fpr")
+        own = r.get("realised_fpr")
+        rows.append([d, groups.get(d, ""),
+                     "-" if flagged is None else f"{flagged:.3f} of {r['n_errors']}",
+                     "-" if own is None else
+                     f"{own:.3f} of {r['n_authentic_test']} ({r['target_fpr']:.2f})",
+                     "-" if r.get("errors_flagged_at_own_threshold") is None
+                     else f"{r['errors_flagged_at_own_threshold']:.3f}"])
+    return ("## Natural errors and calibrated thresholds (known protocol)\n\n"
+            "Natural errors: authentic test images the classifier gets wrong (never "
+            "trained on). Flagged at 5 % FPR = scoring above the 95th percentile of the "
+            "test authentic rows. A detector with its own calibrated threshold (the "
+            "authentic-only default: target FPR on held-back authentic training rows) "
+            "also shows the FPR it reached on the test authentic rows.\n\n"
+            + _table(head, rows))
 
 
 def _matrix_md(res, title, what):
@@ -130,9 +226,11 @@ def _matrix_md(res, title, what):
 
 def markdown(results, summary, groups):
     """The whole Markdown report."""
-    parts = ["# Detection benchmark\n", summary]
+    parts = ["# Detection benchmark\n", summary, _headline_md(results, groups)]
     if results.get("known"):
         parts.append(_known_md(results["known"], groups))
+    if results.get("natural_errors"):
+        parts.append(_natural_md(results["natural_errors"], groups))
     if results.get("unseen"):
         parts.append(_loao_md(results["unseen"], groups, title=(
             "## Unseen attacks (trained on FGSM + PGD only, tested on each other attack)\n")))

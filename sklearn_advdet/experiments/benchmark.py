@@ -177,16 +177,20 @@ def run_benchmark_on_detection_set(data, out_dir, *, detectors=None, protocols=N
     settings = {"test_size": test_size, "random_state": random_state, "n_bootstrap": n_bootstrap,
                 "max_epochs": max_epochs, "n_jobs": n_jobs, "detectors": sorted(chosen)}
     out = Path(out_dir)
+    # cells are kept per detector name: adding a detector to a finished run
+    # reuses the others' cells, so the detector list is not in the fingerprint
     _check_cache(out / "cache", _fingerprint(data, {k: v for k, v in settings.items()
-                                                    if k != "n_bootstrap"}))
+                                                    if k not in ("n_bootstrap", "detectors")}))
     built, timings = _fit_reference_steps(chosen, layout, data, settings)
-    cells = {}
+    cells, natural = {}, {}
     for protocol in protocols:
         splits = protocol_splits(protocol, data, test_size=test_size, random_state=random_state)
         if splits:
-            cells[protocol] = run_cells(protocol, splits, built, data, out / "cache",
-                                        show_progress=progress)
-    results = summarise(cells, data, n_bootstrap=n_bootstrap, random_state=random_state)
+            cells[protocol], errors = run_cells(protocol, splits, built, data, out / "cache",
+                                                show_progress=progress)
+            natural.update(errors)
+    results = summarise(cells, data, n_bootstrap=n_bootstrap, random_state=random_state,
+                        natural_errors=natural)
     timings["total"] = time.perf_counter() - t0
     groups = {name: group for name, (group, _) in chosen.items()}
     figures = write_figures(cells, results, data, out / "figures")
