@@ -9,7 +9,9 @@ rule: it rejects where ``p_adv > threshold``).  When the module has a
 saturated sigmoid); otherwise ``logit(p_adv)``.
 
 - :func:`adaptive_pgd`: PGD on ``CE(logits, y) - lam * detector_logit``
-  (Carlini & Wagner 2017; Tramer et al. 2020), ``lam`` searched over a grid,
+  (Carlini & Wagner 2017; Tramer et al. 2020), both gradients scaled to the
+  same size per image so that ``lam`` is their relative weight, ``lam``
+  searched over a grid,
   random restarts, and per image the best iterate kept: misclassified and
   undetected first, then the lowest ``p_adv``.
 - :func:`orthogonal_pgd`: Bryniarski et al. (2022): while the classifier is
@@ -214,6 +216,12 @@ def adaptive_pgd(guarded, images, labels, eps, *, lam=(0.1, 1.0, 10.0), n_iter=5
                  threshold=None):
     """L-inf PGD on the classifier's CE minus ``lam`` times the detector's logit.
 
+    Each step follows the sign of ``u(grad CE) - lam * u(grad detector_logit)``,
+    where ``u`` divides a gradient by its mean absolute value per image, so
+    that ``lam`` is the relative weight of the two terms whatever their
+    scales (the CE gradient of a confidently classified image can be 10^5
+    times smaller than the detector's).
+
     Parameters
     ----------
     guarded : torch.nn.Module
@@ -271,11 +279,24 @@ def adaptive_pgd(guarded, images, labels, eps, *, lam=(0.1, 1.0, 10.0), n_iter=5
         best = _Best(x, logits, p, y, t)
         for weight in lams:
             def direction(g_cls, g_det, logits, p, weight=weight):
-                return g_cls + weight * g_det
+                return _unit(g_cls) + weight * _unit(g_det)
             for _ in range(int(n_restarts)):
                 _run(guarded, x, y, eps, alpha, n_iter, best,
                      _random_start(x, eps, generator), direction)
         return _finish(guarded, best, x, x_in, y, eps, t, quantize)
+
+
+def _unit(g):
+    """``g`` divided by its mean absolute value, per image (zero stays zero).
+
+    The CE gradient of a confidently classified image can be 10^5 times
+    smaller than the detector logit's: without this, ``lam`` would weigh
+    the detector term by that accident of scale, and the sign step would
+    follow the detector alone.
+    """
+    scale = g.flatten(1).abs().mean(dim=1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return g / scale.reshape((-1,) + (1,) * (g.ndim - 1))
 
 
 def _orthogonal(a, b):
