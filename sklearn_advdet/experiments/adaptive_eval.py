@@ -40,7 +40,8 @@ from .._progress import get_logger
 from ..evaluation.report import write_text_atomic
 from ._benchmark_detectors import DETECTORS
 
-__all__ = ["run_adaptive_benchmark", "ADAPTIVE_DETECTORS", "ATTACK_MODES", "guard_figures"]
+__all__ = ["run_adaptive_benchmark", "run_adaptive_cifar", "ADAPTIVE_DETECTORS",
+           "ATTACK_MODES", "guard_figures"]
 
 _log = get_logger("adaptive")
 
@@ -301,6 +302,41 @@ def run_adaptive_benchmark(model, ref_images, ref_labels, train_images, train_la
     write_text_atomic(out / "adaptive.md", text)
     return {"cells": cells, "markdown": text,
             "paths": [str(cells_path), str(out / "adaptive.md")]}
+
+
+def run_adaptive_cifar(depth, data_dir, *, weights=None, ref_per_class=500, n_train=300,
+                       n_calib=200, n_eval=200, random_state=0, **params):
+    """:func:`run_adaptive_benchmark` on a CIFAR-10 ResNet and the JPEG tars.
+
+    The reference set is ``ref_per_class`` training images per class; the
+    test tar's images, shuffled with ``random_state``, give ``n_train``
+    detector-training, ``n_calib`` calibration and ``n_eval`` evaluation
+    images (disjoint). ``params`` go to :func:`run_adaptive_benchmark`.
+    """
+    import torch
+
+    from ..deep.data import load_image_folder
+    from ..deep.models import cifar_resnet
+    from .reproduce import locate_cifar_tars, locate_weights
+
+    train_tar, test_tar = locate_cifar_tars(data_dir)
+    model = cifar_resnet(depth, weights if weights is not None
+                         else locate_weights(data_dir, depth)).eval()
+    ref, ref_y, _ = load_image_folder(train_tar, per_class=ref_per_class)
+    n = n_train + n_calib + n_eval
+    test, test_y, _ = load_image_folder(test_tar, per_class=-(-n // 10))
+    order = np.random.RandomState(random_state).permutation(len(test))[:n]
+    test, test_y = test[order], test_y[order]
+
+    def f(u8):
+        return torch.from_numpy(u8.astype(np.float32) / 255.0)
+
+    tr, ca = slice(0, n_train), slice(n_train, n_train + n_calib)
+    ev = slice(n_train + n_calib, n)
+    return run_adaptive_benchmark(
+        model, f(ref), torch.from_numpy(ref_y), f(test[tr]), torch.from_numpy(test_y[tr]),
+        f(test[ca]), f(test[ev]), torch.from_numpy(test_y[ev]), layers="cifar_resnet",
+        random_state=random_state, **params)
 
 
 def _fmt(v):
