@@ -7,6 +7,9 @@ Sub-commands::
     advdet attack      reference + authentic + attacked images -> detection set
     advdet fit         fit a detector on a detection set -> .advdet model file
     advdet evaluate    score a detection set with a fitted detector -> report
+    advdet guard export
+                       classifier + fitted detector, threshold calibrated
+                       -> servable PATH.pt2 (torch.export) + PATH.json
     advdet reproduce   both papers' protocols on CIFAR-10
 
 A user's mistake (a missing or corrupt file, a wrong option, an output that
@@ -15,7 +18,8 @@ shows the traceback instead.  Messages go through the ``sklearn_advdet``
 logger to stderr (``-v`` more, ``-q`` warnings only); tables go to stdout.
 
 Inside the package: ``_errors`` and ``_parser`` at the bottom, ``_output``
-and ``_inputs`` above them, ``commands`` above those, ``main`` here on top.
+and ``_inputs`` above them, ``commands`` (with ``_guard`` and ``_benchmark``,
+which it dispatches to) above those, ``main`` here on top.
 """
 
 import importlib.util
@@ -48,7 +52,8 @@ def _benchmark_hook():
 def _dispatch(args):
     from . import commands
 
-    return getattr(commands, "cmd_" + args.command)(args)
+    # a command of a group ("guard export") runs cmd_guard_export
+    return getattr(commands, "cmd_" + args.command.replace(" ", "_"))(args)
 
 
 def main(argv=None):

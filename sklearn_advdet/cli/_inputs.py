@@ -64,8 +64,9 @@ def load_model(depth, weights):
     ) from None
 
 
-def load_images(path, limit, option, seed=0):
-    """Images of a folder/tar; ``limit`` keeps a seeded class-stratified subset."""
+def load_images(path, limit, option, seed=0, *, limit_option="--limit"):
+    """Images of a folder/tar; ``limit`` keeps a seeded class-stratified subset
+    (given as ``limit_option``)."""
     import numpy as np
 
     from ..deep.data import load_image_folder
@@ -82,7 +83,8 @@ def load_images(path, limit, option, seed=0):
                          "(<class>/<image>)")
     if limit is not None:
         if limit < len(classes):
-            raise UsageError(f"--limit {limit} is smaller than the {len(classes)} classes: "
+            raise UsageError(f"{limit_option} {limit} is smaller than the {len(classes)} "
+                             f"classes of {option} {path}: "
                              f"give at least {len(classes)}")
         if limit < len(images):
             from sklearn.model_selection import train_test_split
@@ -118,11 +120,13 @@ def _check_archive(path):
             pass
 
 
-def load_fitted(path, *, trust_pickle=False):
+def load_fitted(path, *, trust_pickle=False, require_layout=True):
     """``(pipeline, metadata)`` of a model file written by ``advdet fit``.
 
     The sklearn_advdet format loads without running code; a pickle/joblib
-    file (older versions) only with ``trust_pickle``.
+    file (older versions) only with ``trust_pickle``.  Without
+    ``require_layout``, a file of :func:`sklearn_advdet.persistence.save`
+    lacking the ``layout`` metadata is accepted too.
     """
     from .. import persistence
 
@@ -134,7 +138,7 @@ def load_fitted(path, *, trust_pickle=False):
             obj, meta = persistence.load(path, return_metadata=True)
         except persistence.PersistenceError as exc:
             raise UsageError(f"--model {path}: {one_line(exc)}") from None
-        if "layout" not in meta:
+        if require_layout and "layout" not in meta:
             raise UsageError(f"--model {path} was not written by `advdet fit`: "
                              "fit one with `advdet fit ... --out model.advdet`")
         return obj, meta

@@ -51,6 +51,18 @@ def _positive_int(text):
     return value
 
 
+def _rate(text):
+    """'0.05' -> float in [0, 1) (a false-positive rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"expected a false-positive rate in [0, 1), e.g. 0.05, got {text!r}")
+    return value
+
+
 def _n_jobs(text):
     try:
         value = int(text)
@@ -170,6 +182,43 @@ def _add_model_commands(sub):
     _common(p, device=False, seed=False)
 
 
+def _add_guard_commands(sub):
+    g = sub.add_parser("guard", help="classifier + fitted detector as one servable "
+                                     "program (advdet guard export)",
+                       description="Serve a fitted detector: `advdet guard export` writes "
+                                   "a CIFAR ResNet and the detector as one program.")
+    gsub = g.add_subparsers(dest="guard_command", metavar="GUARD_COMMAND")
+    gsub.required = True
+    p = gsub.add_parser(
+        "export", help="ResNet + .advdet detector -> calibrated PATH.pt2 + PATH.json",
+        description="Wrap a CIFAR ResNet and a fitted detector in a GuardedModel (one "
+                    "forward gives the logits and p_adv), set its reject threshold at "
+                    "--target-fpr on the correctly classified calibration images, and "
+                    "write PATH.pt2 (torch.export) and PATH.json (threshold, layers, "
+                    "layout).", epilog=PICKLE_WARNING)
+    p.set_defaults(command="guard export")
+    p.add_argument("--model", type=_existing_path, required=True,
+                   help="detector file written by `advdet fit` (or "
+                        "sklearn_advdet.persistence.save)")
+    _model_args(p)
+    p.add_argument("--calibration-data", type=_existing_path, required=True,
+                   help="clean images (folder or tar in ImageFolder layout) that set the "
+                        "threshold, e.g. cifar10-jpeg/test.tar")
+    p.add_argument("--calibration-limit", type=_positive_int, default=None,
+                   help="use a class-stratified subset of N calibration images")
+    p.add_argument("--target-fpr", type=_rate, default=0.05,
+                   help="share of correctly classified images rejected at most (default 0.05)")
+    p.add_argument("--layers", default="cifar_resnet",
+                   help="hooked modules: a preset (default cifar_resnet, every basic block, "
+                        "as `advdet extract` and `advdet attack` hook them) or "
+                        "comma-separated module names")
+    _out(p, "path of the files to write: PATH.pt2 and PATH.json")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="also accept a pickle/joblib model file (older advdet versions). "
+                        + PICKLE_WARNING)
+    _common(p)
+
+
 def _add_demo(sub):
     p = sub.add_parser("demo", help="embedded digits data end to end (about a minute)")
     p.add_argument("--out", type=Path, default=Path("advdet_out"),
@@ -210,5 +259,6 @@ def build_parser(benchmark=None):
     _add_demo(sub)
     _add_data_commands(sub)
     _add_model_commands(sub)
+    _add_guard_commands(sub)
     _add_run_commands(sub, benchmark)
     return parser

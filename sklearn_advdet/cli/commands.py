@@ -11,7 +11,7 @@ from ._inputs import (check_device, load_fitted, load_images, load_model,
 from ._output import (check_out_dir, check_out_file, created_dir, staged_dir,
                       staged_file)
 __all__ = ["cmd_demo", "cmd_extract", "cmd_attack", "cmd_fit", "cmd_evaluate",
-           "cmd_reproduce", "cmd_benchmark"]
+           "cmd_guard_export", "cmd_reproduce", "cmd_benchmark"]
 
 
 def _log():
@@ -87,7 +87,8 @@ def cmd_attack(args):
 
     model = load_model(args.depth, args.weights)
     ref_images, ref_labels, _ = load_images(args.reference_data, args.reference_limit,
-                                            "--reference-data", args.seed)
+                                            "--reference-data", args.seed,
+                                            limit_option="--reference-limit")
     images, labels, _ = load_images(args.data, args.limit, "--data", args.seed)
     _log().info("reference %d images, attacking %d images with %s",
                 len(ref_images), len(images), ", ".join(args.attack))
@@ -228,6 +229,13 @@ def cmd_evaluate(args):
     print(metrics.detection_report(data.y, score, data.attack), flush=True)
     _log().info("report.json, roc.png, density.png written to %s", args.out)
     return 0
+
+
+# ---------------------------------------------------------- guard export
+def cmd_guard_export(args):
+    from ._guard import run_export
+
+    return run_export(args)
 
 
 # ------------------------------------------------------------- reproduce
