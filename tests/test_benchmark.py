@@ -177,3 +177,26 @@ def test_run_benchmark_with_a_torch_model(tmp_path):
     assert set(held) == {"fgsm", "pgd"}
     again = benchmark.run_benchmark(model, X_ref, y_ref, X_test, y_test, **kwargs)
     assert again["results"] == res["results"]
+    # transfer attacks: PGD crafted on a second network, its rows a family of their own
+    source = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    opt = torch.optim.Adam(source.parameters(), 1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(source(torch.from_numpy(X_ref)),
+                                          torch.from_numpy(y_ref)).backward()
+        opt.step()
+    t_out = tmp_path / "transfer"
+    res = benchmark.run_benchmark(model, X_ref, y_ref, X_test, y_test,
+                                  **dict(kwargs, out_dir=t_out), source_model=source,
+                                  source_name="linear", transfer_attacks=[("pgd", [0.5])])
+    held = res["results"]["leave_one_attack_out"]["max_softmax"]["held_out"]
+    assert set(held) == {"fgsm", "pgd", "pgd from linear"}
+    assert (t_out / "detection_set_from_linear" / "attacks").is_dir()
+    # its rows: the source's PGD images that fool the model, features extracted by it
+    from sklearn_advdet.deep.attack_sets import build_detection_set
+
+    direct = build_detection_set(model, X_ref, y_ref, X_test, y_test, attacks=[("pgd", [0.5])],
+                                 layers=["1", "4"], device="cpu", random_state=0,
+                                 source_model=source)
+    assert held["pgd from linear"]["n_adv"] <= int(direct.y.sum())
+    assert int(direct.y.sum()) > 0

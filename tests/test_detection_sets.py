@@ -151,6 +151,40 @@ def test_fgsm_rows_match_an_independent_fgsm(setup):
         assert summary[0]["n_adversarial"] == fooled.sum() == rows.sum()
 
 
+def test_transfer_attack_from_a_source_model(setup, tmp_path):
+    """Crafted on another network, applied to the model: the rows are the images
+    both classify correctly, fooled by FGSM on the source, still fooling the model."""
+    model, X_tr, y_tr, X_te, y_te, data = setup
+    source = train_digits_cnn(X_tr, y_tr, epochs=4, random_state=7)
+    kwargs = dict(attacks=[("fgsm", 0.2)], device="cpu", batch_size=128, random_state=0)
+    t = build_detection_set(model, X_tr, y_tr, X_te, y_te, source_model=source, **kwargs)
+    np.testing.assert_array_equal(t.X[t.y == 0], data.X[data.attack == "authentic"])
+    with torch.no_grad():
+        both = ((model(torch.as_tensor(X_te)).argmax(1).numpy() == y_te)
+                & (source(torch.as_tensor(X_te)).argmax(1).numpy() == y_te))
+    idx = np.flatnonzero(both)
+    x = torch.as_tensor(X_te[idx]).requires_grad_(True)
+    loss = F.cross_entropy(source(x), torch.as_tensor(y_te[idx]), reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x)
+    adv = (x.detach() + 0.2 * grad.sign()).clamp(0, 1)
+    with torch.no_grad():
+        fools_source = (source(adv).argmax(1).numpy() != y_te[idx])
+    feats = _forward(model, adv.numpy())
+    fools_model = feats[:, -10:].argmax(1) != y_te[idx]
+    rows = t.attack == "fgsm"
+    np.testing.assert_array_equal(t.groups[rows], idx[fools_source & fools_model])
+    np.testing.assert_allclose(t.X[rows], feats[fools_source & fools_model], rtol=1e-4,
+                               atol=1e-4)
+    s, = t.attack_summary
+    assert s["n_attacked"] == both.sum() and s["n_success"] == fools_source.sum()
+    assert s["n_inconsistent"] == (fools_source & ~fools_model).sum() > 0  # not all transfer
+    # a stored build remembers its source model
+    build_detection_set(model, X_tr, y_tr, X_te, y_te, source_model=source,
+                        out_dir=tmp_path, **kwargs)
+    with pytest.raises(ValueError, match="source_model"):
+        build_detection_set(model, X_tr, y_tr, X_te, y_te, out_dir=tmp_path, **kwargs)
+
+
 def test_max_images_subset(setup):
     *_, data = setup
     s = [s for s in data.attack_summary if s["attack"] == "lbfgs"][0]

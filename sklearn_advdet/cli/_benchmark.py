@@ -33,6 +33,12 @@ def add_benchmark_parser(sub, common, out, existing_path):
     p.add_argument("--attack", action="append", default=None, metavar="NAME[:EPS]",
                    help="with --data: attack and epsilon, repeat for several "
                         "(default: the benchmark's attack list)")
+    p.add_argument("--transfer-from", type=int, default=None, choices=(20, 32, 44, 56, 110),
+                   metavar="DEPTH",
+                   help="with --data: also craft FGSM, PGD and MI-FGSM at 8/255 on the "
+                        "CIFAR ResNet of this depth (weights under --data) and add the "
+                        "images that fool the benchmarked one as families '<attack> from "
+                        "resnet<DEPTH>' (black-box transfer)")
     p.add_argument("--test-per-class", type=int, default=150,
                    help="with --data: test images attacked per class (default 150)")
     p.add_argument("--ref-per-class", type=int, default=None,
@@ -84,9 +90,10 @@ def _source(args):
         return benchmark.run_benchmark, dict(
             depth=args.depth, weights=args.weights, data_dir=args.data, attacks=attacks,
             ref_per_class=args.ref_per_class, test_per_class=args.test_per_class,
-            device=str(_device(args)))
-    if args.attack or args.weights is not None:
-        raise UsageError("--attack and --weights go with --data (a CIFAR ResNet run)")
+            device=str(_device(args)), source_depth=args.transfer_from)
+    if args.attack or args.weights is not None or args.transfer_from is not None:
+        raise UsageError("--attack, --weights and --transfer-from go with --data (a CIFAR "
+                         "ResNet run)")
     if args.detection_set is not None:
         from ._inputs import read_detection_set
 

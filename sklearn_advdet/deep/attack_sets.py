@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from sklearn.utils import Bunch, check_random_state
 
+from .._device import resolve_device
 from .._progress import get_logger
 from ..store import (StoreBusyError, StoreError, _atomic_write_json, array_digest,
                      open_store)
@@ -84,8 +85,24 @@ def _read_json(path):
         return json.load(f)
 
 
+def _source_correct(source_model, images, labels, device, batch_size):
+    """Where ``source_model`` classifies ``images`` correctly."""
+    dev = resolve_device(device)
+    was = next(iter(source_model.parameters()), torch.empty(0)).device
+    preds = []
+    source_model.eval().to(dev)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                x = torch.from_numpy(images[i:i + batch_size]).to(dev)
+                preds.append(source_model(x).argmax(1).cpu().numpy())
+    finally:
+        source_model.to(was)
+    return np.concatenate(preds) == labels
+
+
 def _check_build_dir(root, ref_images, ref_labels, test_images, test_labels, layers,
-                     base_seed):
+                     base_seed, source_model=None):
     """Refuse to resume a build of ``out_dir`` made from other inputs."""
     build = {
         "format": "sklearn_advdet.detection_set",
@@ -95,16 +112,20 @@ def _check_build_dir(root, ref_images, ref_labels, test_images, test_labels, lay
         "layers": _jsonable(layers),
         "seed": base_seed,
     }
+    if source_model is not None:  # absent otherwise: earlier builds stay valid
+        from .sources import model_digest
+
+        build["source_model"] = model_digest(source_model)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "build.json"
     if path.exists():
         old = _read_json(path)
         if old != build:
-            diff = sorted(k for k in build if old.get(k) != build[k])
+            diff = sorted(k for k in set(build) | set(old) if old.get(k) != build.get(k))
             raise ValueError(
                 f"{root} holds a detection set built from other inputs "
                 f"(differs in {diff}): pass an empty out_dir, or the same images, "
-                "layers and int random_state to resume"
+                "layers, source_model and int random_state to resume"
             )
     else:
         _atomic_write_json(path, build)
@@ -163,6 +184,7 @@ def build_detection_set(
     random_state=None,
     progress=False,
     out_dir=None,
+    source_model=None,
 ):
     """Reference features and an adversarial-detection set for ``model``.
 
@@ -208,6 +230,13 @@ def build_detection_set(
         started again with the same arguments keeps the finished attacks and
         stores and computes only the rest; pass an int ``random_state`` for
         this (with ``None`` the rerun draws different seeds).
+    source_model : torch.nn.Module, default=None
+        Transfer attacks: craft every attack on this model (e.g. another
+        network trained on the same task) and apply the images to ``model``.
+        Attacked are the test images both models classify correctly; a row
+        is adversarial when the attack succeeded on ``source_model`` *and*
+        ``model`` is fooled too (``n_success`` of the summary counts the
+        source's successes, ``n_inconsistent`` those that did not transfer).
 
     Returns
     -------
@@ -297,7 +326,7 @@ def build_detection_set(
     root = None if out_dir is None else Path(out_dir)
     if root is not None:
         _check_build_dir(root, ref_images, ref_labels, test_images, test_labels,
-                         layers, base_seed)
+                         layers, base_seed, source_model)
     extractor = FeatureExtractor(model, layers=layers, device=device,
                                  batch_size=batch_size, progress=progress,
                                  include_logits=True)
@@ -312,6 +341,8 @@ def build_detection_set(
     if test.layout != layout:
         raise RuntimeError(f"layouts differ: {layout} and {test.layout}")
     correct = test.predictions == test_labels
+    attackable = correct if source_model is None else correct & _source_correct(
+        source_model, test_images, test_labels, device, batch_size)
     idx_correct = np.flatnonzero(correct)
     idx_errors = np.flatnonzero(~correct)
     if idx_correct.size == 0:
@@ -335,7 +366,8 @@ def build_detection_set(
         if root is not None:
             adir = root / "attacks" / f"{_safe(spec.attack)}-{spec.key}"
         block, info = _attack_block(
-            spec, seed, model, extractor, test_images, test_labels, idx_correct,
+            spec, seed, model if source_model is None else source_model, extractor,
+            test_images, test_labels, np.flatnonzero(attackable),
             spec.name in noise_attacks, adir, device, batch_size, progress, layout)
         blocks.append(block)
         summary.append(info)

@@ -37,7 +37,7 @@ from ._benchmark_protocols import PROTOCOLS, protocol_splits, run_cells
 from ._benchmark_report import markdown, summarise, write_figures
 
 __all__ = ["run_benchmark", "run_benchmark_on_detection_set", "PROTOCOLS", "DETECTORS",
-           "DEFAULT_ATTACKS"]
+           "DEFAULT_ATTACKS", "DEFAULT_TRANSFER_ATTACKS"]
 
 _log = get_logger("benchmark")
 
@@ -53,6 +53,15 @@ DEFAULT_ATTACKS = [
     ("cw_l2", None, {"max_images": 300}),
     ("deepfool", None),
     ("apgd", [8 / 255]),
+]
+
+
+#: attacks crafted on a second network (``source_depth`` / ``source_model``)
+#: and applied to the benchmarked one: the gradient attacks that transfer best
+DEFAULT_TRANSFER_ATTACKS = [
+    ("fgsm", [8 / 255]),
+    ("pgd", [8 / 255]),
+    ("mifgsm", [8 / 255]),
 ]
 
 
@@ -209,7 +218,8 @@ def run_benchmark(model=None, ref_images=None, ref_labels=None, test_images=None
                   out_dir="advdet-benchmark", attacks=None, layers="auto",
                   ref_per_class=None, test_per_class=150, detectors=None, protocols=None,
                   n_bootstrap=1000, test_size=0.3, max_epochs=30, device="auto",
-                  random_state=0, n_jobs=None, progress=False):
+                  random_state=0, n_jobs=None, progress=False, source_model=None,
+                  source_depth=None, source_name=None, transfer_attacks=None):
     """Attack a model, extract features once, and benchmark every detector.
 
     Either pass ``model`` with ``ref_images``/``ref_labels`` (its training
@@ -241,6 +251,21 @@ def run_benchmark(model=None, ref_images=None, ref_labels=None, test_images=None
         As in :func:`run_benchmark_on_detection_set`.
     device : "auto", str or torch.device, default="auto"
         Where attacks and extraction run.
+    source_model : torch.nn.Module, default=None
+        A second network: ``transfer_attacks`` are crafted on it and applied
+        to the benchmarked model (black-box transfer), and their successful
+        rows join the detection set as families named ``"<attack> from
+        <source_name>"`` (their ``eps`` is NaN: the cross-epsilon protocol
+        keeps to the white-box attacks).
+    source_depth : int, default=None
+        With ``data_dir``: a CIFAR ResNet of this depth (weights found under
+        ``data_dir``) as ``source_model``.
+    source_name : str, default=None
+        Its name in the attack labels (default ``"resnet<source_depth>"`` or
+        ``"source"``).
+    transfer_attacks : list, default=None
+        Attack configurations crafted on the source (default
+        :data:`DEFAULT_TRANSFER_ATTACKS`).
 
     Returns
     -------
@@ -253,6 +278,14 @@ def run_benchmark(model=None, ref_images=None, ref_labels=None, test_images=None
     data = _detection_set(model, ref_images, ref_labels, test_images, test_labels,
                           attacks if attacks is not None else DEFAULT_ATTACKS, layers,
                           device, random_state, progress, Path(out_dir) / "detection_set")
+    source_model, source_name = _source(source_model, source_depth, source_name, data_dir)
+    if source_model is not None:
+        transfer = _detection_set(
+            model, ref_images, ref_labels, test_images, test_labels,
+            transfer_attacks if transfer_attacks is not None else DEFAULT_TRANSFER_ATTACKS,
+            layers, device, random_state, progress,
+            Path(out_dir) / f"detection_set_from_{source_name}", source_model=source_model)
+        data = _with_transfer_rows(data, transfer, source_name)
     return run_benchmark_on_detection_set(
         data, out_dir, detectors=detectors, protocols=protocols, n_bootstrap=n_bootstrap,
         test_size=test_size, max_epochs=max_epochs, random_state=random_state,
@@ -288,11 +321,49 @@ def _inputs(model, ref_images, ref_labels, test_images, test_labels, depth, weig
 
 
 def _detection_set(model, ref_images, ref_labels, test_images, test_labels, attacks,
-                   layers, device, random_state, progress, store_dir):
+                   layers, device, random_state, progress, store_dir, source_model=None):
     from ..deep.attack_sets import build_detection_set
 
     _log.info("building the detection set under %s", store_dir)
     return build_detection_set(model, ref_images, ref_labels, test_images, test_labels,
                                attacks=attacks, layers=layers, device=device,
                                random_state=random_state, progress=progress,
-                               out_dir=store_dir)
+                               out_dir=store_dir, source_model=source_model)
+
+
+def _source(source_model, source_depth, source_name, data_dir):
+    """``(source model, its name)`` of a transfer run, or ``(None, None)``."""
+    if source_model is None and source_depth is None:
+        return None, None
+    if source_model is None:
+        if data_dir is None:
+            raise ValueError("source_depth= needs data_dir= (its weights are found there); "
+                             "or pass source_model=")
+        from ..deep.models import cifar_resnet
+        from .reproduce import locate_weights
+
+        source_model = cifar_resnet(source_depth, locate_weights(data_dir, source_depth))
+    name = source_name or (f"resnet{source_depth}" if source_depth else "source")
+    return source_model.eval(), str(name)
+
+
+def _with_transfer_rows(data, transfer, source_name):
+    """``data`` plus the adversarial rows of ``transfer``, families renamed."""
+    from sklearn.utils import Bunch
+
+    keep = np.asarray(transfer.y) == 1
+    n = len(data.y)
+    out = Bunch(**data)
+    for key, value in data.items():
+        if isinstance(value, np.ndarray) and value.shape[:1] == (n,) and key in transfer:
+            extra = np.asarray(transfer[key])[keep]
+            if key == "attack":
+                extra = np.char.add(extra.astype(str), f" from {source_name}")
+            elif key == "eps":
+                extra = np.full(extra.shape, np.nan)
+            out[key] = np.concatenate([value, extra])
+    out.attack_summary = list(data.get("attack_summary", [])) + [
+        dict(s, attack=f"{s['attack']} from {source_name}")
+        for s in transfer.get("attack_summary", [])]
+    _log.info("transfer attacks from %s: %d rows added", source_name, int(keep.sum()))
+    return out
