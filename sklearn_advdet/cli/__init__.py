@@ -22,31 +22,16 @@ and ``_inputs`` above them, ``commands`` (with ``_guard`` and ``_benchmark``,
 which it dispatches to) above those, ``main`` here on top.
 """
 
-import importlib.util
 import os
 import sys
 
+from ._benchmark import add_benchmark_parser
 from ._errors import EXIT_INTERRUPTED, EXIT_USAGE, USER_ERRORS, UsageError, one_line
 from ._parser import build_parser, parse_eps
 
 __all__ = ["main", "UsageError", "build_parser"]
 
 _parse_eps = parse_eps  # kept for the tests and older callers
-
-
-def _benchmark_hook():
-    """The ``benchmark`` sub-command's arguments, when its driver exists."""
-    try:
-        spec = importlib.util.find_spec("sklearn_advdet.experiments.benchmark")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        return None
-    try:
-        from ._benchmark import add_benchmark_parser
-    except ImportError:
-        return None
-    return add_benchmark_parser
 
 
 def _dispatch(args):
@@ -58,7 +43,7 @@ def _dispatch(args):
 
 def main(argv=None):
     """Entry point of the ``advdet`` console script; returns the exit status."""
-    parser = build_parser(benchmark=_benchmark_hook())
+    parser = build_parser(benchmark=add_benchmark_parser)
     args = parser.parse_args(argv)  # exits 2 with one line on a bad option
     n_jobs = getattr(args, "n_jobs", None)
     if n_jobs is not None and n_jobs > 0:

@@ -246,7 +246,8 @@ def _add_run_commands(sub, benchmark):
 
 def build_parser(benchmark=None):
     """The ``advdet`` parser; ``benchmark(sub, common, out, existing_path)``
-    adds the ``benchmark`` sub-command when its driver is installed."""
+    adds the ``benchmark`` sub-command (defined beside its runner in
+    :mod:`._benchmark`)."""
     parser = _Parser(
         prog="advdet",
         description="Detect adversarial images from a classifier's deep features.",
