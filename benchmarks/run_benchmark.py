@@ -35,6 +35,9 @@ def main(argv=None):
     parser.add_argument("--detector", action="append", default=None)
     parser.add_argument("--protocol", action="append", default=None)
     parser.add_argument("--test-per-class", type=int, default=150)
+    parser.add_argument("--transfer-from", type=int, default=None,
+                        help="depth of a second CIFAR ResNet whose FGSM/PGD/MI-FGSM "
+                             "images are added as transfer attacks")
     parser.add_argument("--n-bootstrap", type=int, default=1000)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--n-jobs", type=int, default=None)
@@ -53,7 +56,7 @@ def main(argv=None):
                         test_per_class=args.test_per_class, detectors=args.detector,
                         protocols=args.protocol, n_bootstrap=args.n_bootstrap,
                         device=args.device, random_state=args.seed, n_jobs=args.n_jobs,
-                        progress=False)
+                        progress=False, source_depth=args.transfer_from)
     wall = time.perf_counter() - t0
     if args.no_copy:
         return 0
@@ -62,7 +65,8 @@ def main(argv=None):
     if figures.exists():
         shutil.rmtree(figures)
     shutil.copytree(out / "figures", figures)
-    head = (f"<!-- written by benchmarks/run_benchmark.py --depth {args.depth} -->\n\n"
+    cmd = " ".join(sys.argv[1:])
+    head = (f"<!-- written by benchmarks/run_benchmark.py {cmd} -->\n\n"
             f"Run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
             f"{platform.machine()}, {os.cpu_count()} cores, load average at the end "
             f"{os.getloadavg()[0]:.1f}; this call {wall / 60:.1f} min (a detection "

@@ -158,16 +158,18 @@ def test_run_benchmark_with_a_torch_model(tmp_path):
 
     X_ref, y_ref = images(120)
     X_test, y_test = images(60)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
-                                torch.nn.Flatten(), torch.nn.Linear(256, 16), torch.nn.ReLU(),
-                                torch.nn.Linear(16, 3))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(100):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(torch.from_numpy(X_ref)),
-                                          torch.from_numpy(y_ref)).backward()
-        opt.step()
-    model.eval()
+    def trained(net, steps):
+        opt = torch.optim.Adam(net.parameters(), 1e-2)
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(torch.from_numpy(X_ref)),
+                                              torch.from_numpy(y_ref)).backward()
+            opt.step()
+        return net.eval()
+
+    model = trained(torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(256, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)), 100)
     kwargs = dict(out_dir=tmp_path, attacks=[("fgsm", [0.3, 0.5]), ("pgd", [0.3])],
                   layers=["1", "4"], detectors=["max_softmax", "logit_mahalanobis_logistic"],
                   protocols=["known", "leave_one_attack_out"], n_bootstrap=20, device="cpu")
@@ -178,13 +180,7 @@ def test_run_benchmark_with_a_torch_model(tmp_path):
     again = benchmark.run_benchmark(model, X_ref, y_ref, X_test, y_test, **kwargs)
     assert again["results"] == res["results"]
     # transfer attacks: PGD crafted on a second network, its rows a family of their own
-    source = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
-    opt = torch.optim.Adam(source.parameters(), 1e-2)
-    for _ in range(200):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(source(torch.from_numpy(X_ref)),
-                                          torch.from_numpy(y_ref)).backward()
-        opt.step()
+    source = trained(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)), 200)
     t_out = tmp_path / "transfer"
     res = benchmark.run_benchmark(model, X_ref, y_ref, X_test, y_test,
                                   **dict(kwargs, out_dir=t_out), source_model=source,
