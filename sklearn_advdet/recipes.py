@@ -178,10 +178,11 @@ def make_detector(layout, X_ref, y_ref, *, mode="supervised", features=None,
 
     steps = []
     for name in names:
-        if name == "logit":  # stateless: nothing to freeze
-            steps.append((name, LogitFeatures(layout)))
-        else:
-            step = _reference_step(name, layout, X_ref.shape[0], n_jobs)
-            steps.append((name, FrozenEstimator(step.fit(X_ref, y_ref))))
+        # LogitFeatures learns nothing, but frozen like the others the whole
+        # union is one frozen step: refitting the pipeline (a grid search, a
+        # benchmark's splits) never re-runs it, and its output can be cached
+        step = (LogitFeatures(layout) if name == "logit"
+                else _reference_step(name, layout, X_ref.shape[0], n_jobs))
+        steps.append((name, FrozenEstimator(step.fit(X_ref, y_ref))))
     return Pipeline([("features", FeatureUnion(steps))]
                     + _final_steps(mode, classifier, random_state, n_jobs))

@@ -196,3 +196,21 @@ def test_run_benchmark_with_a_torch_model(tmp_path):
                                  source_model=source)
     assert held["pgd from linear"]["n_adv"] <= int(direct.y.sum())
     assert int(direct.y.sum()) > 0
+
+
+@pytest.mark.parametrize("mode", ["supervised", "authentic"])
+def test_default_detectors_features_are_applied_once(small, mode):
+    """make_detector's whole feature union is frozen: the benchmark transforms all
+    rows once and refits only the last step per split (the kNN/LID features of
+    50,000 references were recomputed in every split before)."""
+    from sklearn_advdet import make_detector
+    from sklearn_advdet.experiments._benchmark_protocols import split_frozen
+
+    det = make_detector(small["layout"], small["X_ref"], small["y_ref"], mode=mode,
+                        features=["logit", "mahalanobis"])
+    prefix, rest = split_frozen(det)
+    assert prefix is not None and len(prefix.steps) == 1
+    assert type(rest).__name__ in ("HistGradientBoostingClassifier",
+                                   "AuthenticDensityDetector")
+    X = small["X"][:50]
+    np.testing.assert_array_equal(prefix.transform(X), det[:-1].transform(X))
