@@ -131,6 +131,17 @@ class DensityModel:
     def fit(self, X):
         self.scaler = StandardScaler().fit(X) if self.standardize else None
         Z = X if self.scaler is None else self.scaler.transform(X)
+        if isinstance(self.template, GaussianMixture):
+            # fewer distinct rows than components: k-means would start from
+            # fewer clusters (a ConvergenceWarning), the mixture be degenerate
+            k, distinct = self.template.n_components, len(np.unique(Z, axis=0))
+            if distinct < k:
+                raise ValueError(
+                    f"the authentic rows fitted by the density hold {distinct} "
+                    f"distinct point(s), fewer than n_components={k} of "
+                    "density='gmm': pass more distinct authentic rows, lower "
+                    "n_components, or use density='gaussian'"
+                )
         self.density = clone(self.template).fit(Z)
         # log|det dZ/dX|: a log-density of Z becomes one of X
         if self.scaler is not None and self.log_density:

@@ -116,6 +116,13 @@ def _symmetric_row_sums(X, mu, block_size, n_threads, tight):
         return shared[j] if shared is not None else _block(X[j : j + block_size], mu)
 
     def block_row(i):
+        # numpy's error state is per thread: set here, where the tiles run.
+        # Centred values beyond ~1e19 overflow the float32 squares: the
+        # caller sees the non-finite sums and decides in float64 instead
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _block_row(i)
+
+    def _block_row(i):
         sums, errs = np.zeros(n), np.zeros(n) if tight else None
         Fi, ri = get_block(i)
         Gi = _row_form(Fi)
@@ -238,7 +245,13 @@ def _euclidean_medoid(X, block_size=512, n_threads=1):
     tight = d >= _TIGHT_BOUND_MIN_DIM
     if n_threads > 1:
         block_size = min(block_size, -(-n // (2 * n_threads)))
-    sums, errs, r = _symmetric_row_sums(X, mu, block_size, n_threads, tight)
+    with np.errstate(over="ignore", invalid="ignore"):  # the shared float32 blocks
+        sums, errs, r = _symmetric_row_sums(X, mu, block_size, n_threads, tight)
+    if not (np.isfinite(sums).all() and np.isfinite(r).all()):
+        # centred values beyond the float32 range of the tiles' squares
+        # (about 1e19): the float64 sums by differences decide alone
+        rows = np.arange(n)
+        return int(np.argmin(_exact_row_sums(X, rows, mu, block_size)))
     # float32 summation of a tile row, square-root rounding, float64 totals
     rounding = (
         safe_gamma(block_size, np.float32) + 2 * _U32 + n * float(np.finfo(np.float64).eps)

@@ -1,5 +1,6 @@
 """Chunked, resumable writer of a feature store (see :mod:`sklearn_advdet.store`)."""
 
+import numbers
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from ._store_format import (_CHUNKS, _LOCK, _MANIFEST, STORE_FORMAT, STORE_VERSI
                             _read_generation, _read_manifest, _remove_stale_tmp,
                             _safe)
 from ._store_lock import store_lock
+from ._validation import check_int
 
 __all__ = ["FeatureStoreWriter"]
 
@@ -93,6 +95,8 @@ class FeatureStoreWriter:
         self.path = Path(path)
         self.manifest = manifest
         self._maps = None
+        #: whether :meth:`create` allocated the store (False: it reopened one)
+        self.allocated = False
 
     # -------------------------------------------------------------- create
     @classmethod
@@ -145,14 +149,17 @@ class FeatureStoreWriter:
             lock stays held.
         """
         path = Path(path)
-        count = int(count)
-        chunk_size = int(chunk_size)
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size}")
-        if isinstance(lock_timeout, bool) or not float(lock_timeout) >= 0:
+        # every argument checked before anything is written
+        count = check_int(count, "count", 0)
+        chunk_size = check_int(chunk_size, "chunk_size (rows per chunk)", 1)
+        if (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, numbers.Real)
+                or not lock_timeout >= 0):
             raise ValueError(f"lock_timeout must be seconds >= 0, got {lock_timeout!r}")
         if len(layer_names) != len(layer_sizes):
             raise ValueError("layer_names and layer_sizes differ in length")
+        layer_sizes = [check_int(s, "every layer size", 1) for s in layer_sizes]
+        if n_classes is not None:
+            n_classes = check_int(n_classes, "n_classes (or None)", 1)
         metadata = _normalise_metadata(metadata, count)
         manifest = _new_manifest(count, layer_names, layer_sizes, n_classes, chunk_size,
                                  has_labels, metadata, model, source, dtype, extra,
@@ -171,7 +178,9 @@ class FeatureStoreWriter:
                     return cls(path, old)
                 cls._remove(path)
             cls._allocate(path, manifest, metadata)
-        return cls(path, manifest)
+        writer = cls(path, manifest)
+        writer.allocated = True
+        return writer
 
     @staticmethod
     def _allocate(path, manifest, metadata):
@@ -257,7 +266,13 @@ class FeatureStoreWriter:
 
     def chunk_bounds(self, k):
         """Row range ``(lo, hi)`` of chunk ``k``."""
-        lo = k * self.chunk_size
+        if (isinstance(k, bool) or not isinstance(k, numbers.Integral)
+                or not 0 <= k < self.n_chunks):
+            raise ValueError(
+                f"chunk {k!r} does not exist: the store has {self.n_chunks} chunk(s), "
+                f"numbered 0 to {self.n_chunks - 1} (see missing_chunks())"
+            )
+        lo = int(k) * self.chunk_size
         return lo, min(lo + self.chunk_size, self.count)
 
     def chunks_in(self, start=None, stop=None):
@@ -362,6 +377,23 @@ class FeatureStoreWriter:
         # the markers are no longer needed once the manifest says complete
         shutil.rmtree(self.path / _CHUNKS, ignore_errors=True)
         _remove_stale_tmp(self.path)
+        return True
+
+    def discard(self, remove_dir=False):
+        """Delete the store if none of its chunks is committed; True if deleted.
+
+        For a run that failed before writing anything: it leaves no
+        allocated, never-filled store behind (a store with committed chunks
+        is kept, to be resumed).  ``remove_dir`` also removes the directory
+        when it is left empty.
+        """
+        self.close()
+        if self.committed():
+            return False
+        if (self.path / _MANIFEST).exists():
+            self._remove(self.path)
+        if remove_dir and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
         return True
 
     def _check_generation(self):

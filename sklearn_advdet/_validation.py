@@ -11,13 +11,40 @@ import numbers
 import numpy as np
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 
-__all__ = ["check_binary_y", "require_both_classes", "check_sample_weight",
-           "check_int", "check_real"]
+__all__ = ["check_binary_y", "check_class_targets", "check_label_types",
+           "require_both_classes", "check_sample_weight", "check_int", "check_real"]
+
+
+def check_label_types(y, what="y"):
+    """Raise a TypeError when an object array of labels mixes strings and numbers.
+
+    numpy cannot sort such an array (``np.unique`` raises "'<' not supported
+    between instances of 'int' and 'str'"), so every check that looks at the
+    distinct labels needs them of one kind.
+    """
+    y = np.asarray(y)
+    if y.dtype == object and y.size:
+        is_str = np.fromiter((isinstance(v, (str, bytes)) for v in y.ravel()),
+                             dtype=bool, count=y.size)
+        if is_str.any() and not is_str.all():
+            kinds = sorted({type(v).__name__ for v in y.ravel()})
+            raise TypeError(
+                f"{what} mixes labels of types {kinds} (e.g. {y.ravel()[is_str][0]!r} "
+                f"and {y.ravel()[~is_str][0]!r}): pass labels of one type, all "
+                "strings or all numbers"
+            )
+    return y
+
+
+def check_class_targets(y, what="y"):
+    """``check_classification_targets`` after :func:`check_label_types`."""
+    check_label_types(y, what)
+    check_classification_targets(y)
 
 
 def check_binary_y(y, what="y"):
     """Return y as a float32 array of 0/1, or raise a ValueError."""
-    check_classification_targets(y)
+    check_class_targets(y, what)
     y = np.asarray(y)
     if type_of_target(y, input_name=what) == "multiclass":
         raise ValueError(

@@ -113,7 +113,7 @@ class AuthenticDensityDetector(ClassifierMixin, BaseEstimator):
         Rows with ``score_samples < threshold_`` are predicted adversarial:
         the ``m``-th smallest calibration score, ``m = floor(target_fpr *
         (n_calibration_ + 1))``.
-    calibration_scores_ : ndarray of shape (n_calibration_,)
+    calibration_scores_ : ndarray of shape (`n_calibration_`,)
         Sorted scores of the authentic calibration rows (out-of-fold for
         ``"cross"``).
     n_calibration_ : int
@@ -465,6 +465,16 @@ def natural_error_report(detector, X, true_class, pred_class):
     {'n_correct': 2, 'n_errors': 1, 'flagged_correct': 0.0, 'flagged_errors': 1.0}
     """
     true_class, pred_class = np.asarray(true_class), np.asarray(pred_class)
+    for name, labels in (("true_class", true_class), ("pred_class", pred_class)):
+        if labels.ndim != 1:
+            raise ValueError(f"{name} must hold one class per row of X (1-D), got shape "
+                             f"{labels.shape}")
+    if (true_class.dtype.kind in "biuf") != (pred_class.dtype.kind in "biuf"):
+        raise TypeError(
+            f"true_class ({true_class.dtype}) and pred_class ({pred_class.dtype}) must "
+            "be labels of the same kind, both class indices or both names: they "
+            "are compared row by row"
+        )
     check_consistent_length(X, true_class, pred_class)
     flagged = np.asarray(detector.predict(X)) == 1
     wrong = true_class != pred_class

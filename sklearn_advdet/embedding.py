@@ -11,7 +11,6 @@ from numbers import Integral
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     check_array,
     check_is_fitted,
@@ -25,6 +24,7 @@ from ._layout import check_layout
 from ._medoid import _cosine_medoid, _euclidean_medoid
 from ._parallel import blas_num_threads
 from ._reference import load_reference
+from ._validation import check_class_targets
 
 __all__ = ["PivotEmbedder"]
 
@@ -375,7 +375,7 @@ class PivotEmbedder(TransformerMixin, BaseEstimator):
                     f"{X_ref.shape[1]}: both must come from the same layers of "
                     "the same model"
                 )
-        check_classification_targets(y_ref)
+        check_class_targets(y_ref, "y_ref")
         if self.layer_sizes is None and store_layout is not None:
             layout = check_layout(store_layout, X.shape[1])
         else:

@@ -26,10 +26,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from ._layout import FeatureLayout, check_layout
+from ._validation import check_class_targets
 from .search import BACKENDS, SEARCH_PARAMS_DOC, deterministic_backend
 from .search._layers import LayerIndexMixin, fit_preprocessing
 from .search.exact import _ExactIndex  # noqa: F401  (sklearn_advdet._density imports it)
@@ -321,7 +321,7 @@ class KNNClassScorer(LayerIndexMixin, TransformerMixin, BaseEstimator):
             classes = np.unique(y)
             n_classes = layout.n_logits
         else:  # no logits: any labels, encoded as 0..C-1
-            check_classification_targets(y)
+            check_class_targets(y)
             classes, y = np.unique(y, return_inverse=True)
             n_classes = classes.size
         layers = layout.select(self.layers)

@@ -15,6 +15,8 @@ from sklearn.metrics import make_scorer, roc_auc_score, roc_curve
 from sklearn.utils import column_or_1d
 from sklearn.utils.validation import check_consistent_length
 
+from ._validation import check_label_types
+
 __all__ = [
     "roc_auc_per_attack",
     "macro_auc",
@@ -32,7 +34,7 @@ __all__ = [
 
 
 def _check_binary(y_true, y_score):
-    y_true = column_or_1d(y_true)
+    y_true = check_label_types(column_or_1d(y_true), "y_true")
     y_score = column_or_1d(y_score).astype(float, copy=False)
     check_consistent_length(y_true, y_score)
     if not np.all(np.isfinite(y_score)):

@@ -13,6 +13,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._validation import check_label_types
 from .metrics import eer_threshold
 
 __all__ = ["ScoreThresholdDetector"]
@@ -107,6 +108,7 @@ class ScoreThresholdDetector(ClassifierMixin, BaseEstimator):
         self : ScoreThresholdDetector
         """
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        check_label_types(y)
         target_type = type_of_target(y, input_name="y", raise_unknown=True)
         classes = np.unique(y)
         if classes.size < 2:

@@ -788,3 +788,36 @@ def test_channels_last_gives_the_images_of_contiguous_input(monkeypatch):
         assert int(differ.sum()) <= 0.001 * differ.numel()
         # a flipped step moves a pixel by 2 alpha at most (less at a bound)
         assert float((fast.images - slow.images).abs().max()) <= 2 * alpha * n_iter + 1e-6
+
+
+# --------------------------------------------------------------------------
+# fuzz-suite regressions
+
+
+def test_an_unknown_attack_parameter_names_the_accepted_ones(digits, batch):
+    # was: Python's "lbfgs() got an unexpected keyword argument 'n_iter'"
+    x, y = batch
+    with pytest.raises(TypeError, match=r"lbfgs takes no parameter 'n_iter': its "
+                                        r"parameters are \[.*'max_iter'"):
+        run_attack("lbfgs", digits[0], x[:2], y[:2], n_iter=3, device="cpu")
+    with pytest.raises(TypeError, match="deepfool takes no parameter 'target'"):
+        run_attack("deepfool", digits[0], x[:2], y[:2], target=1, device="cpu")
+
+
+def test_lbfgs_with_a_zero_budget_returns_the_images(digits, batch):
+    # was: scipy's read-only result went into torch.as_tensor (a UserWarning)
+    x, y = batch
+    res = A.lbfgs(digits[0], x[:3], y[:3], 0.0, binary_search_steps=1, max_iter=2)
+    assert torch.equal(res.images, x[:3]) and not res.success.any()
+
+
+def test_images_the_model_cannot_take_are_a_value_error(digits, batch):
+    # was: torch's RuntimeError from inside the convolution, and the model
+    # marked as failing on channels_last input for good
+    model = digits[0]
+    x3 = batch[0][:2].repeat(1, 3, 1, 1)  # 3 channels for a 1-channel model
+    for call in (lambda: run_attack("fgsm", model, x3, batch[1][:2], eps=EPS, device="cpu"),
+                 lambda: A.pgd(model, x3, batch[1][:2], EPS, n_iter=1)):
+        with pytest.raises(ValueError, match=r"cannot take images of shape \(3, 8, 8\)"):
+            call()
+    assert model not in A._CHANNELS_LAST_FAILED

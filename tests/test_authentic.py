@@ -428,3 +428,23 @@ def test_natural_error_report_checks_lengths():
     det = AuthenticDensityDetector(random_state=0).fit(_authentic(100, seed=35))
     with pytest.raises(ValueError, match="inconsistent numbers of samples"):
         natural_error_report(det, _authentic(5, seed=36), [0] * 5, [0] * 4)
+
+
+def test_natural_error_report_checks_shapes_and_kinds():
+    # fuzz regressions: 2-D classes broadcast inside numpy; names compared to
+    # indices flagged every row a natural error without a word
+    det = AuthenticDensityDetector(random_state=0).fit(_authentic(100, seed=37))
+    X = _authentic(4, seed=38)
+    with pytest.raises(ValueError, match="pred_class must hold one class per row"):
+        natural_error_report(det, X, [0, 1, 2, 0], np.zeros((4, 2), dtype=int))
+    with pytest.raises(TypeError, match="same kind"):
+        natural_error_report(det, X, [0, 1, 2, 0], ["0", "1", "2", "0"])
+
+
+def test_gmm_on_fewer_distinct_rows_than_components_names_the_fix():
+    # fuzz regression: k-means started from fewer clusters than components
+    # (a ConvergenceWarning) and fitted a degenerate mixture
+    X = np.repeat(_authentic(2, seed=39), 20, axis=0)
+    with pytest.raises(ValueError, match="2 distinct point.*n_components=4"):
+        AuthenticDensityDetector("gmm", n_components=4, target_fpr=0.2).fit(X)
+    AuthenticDensityDetector("gmm", n_components=2, target_fpr=0.2, random_state=0).fit(X)

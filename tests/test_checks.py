@@ -147,3 +147,34 @@ def test_n_classes_of():
     assert n_classes_of(_Outputs("dict"), x, output="logits") == 3
     with pytest.raises(ValueError, match="at least one image"):
         n_classes_of(_Outputs("plain"), x[:0])
+
+
+# ------------------------------------------------------- fuzz-suite regressions
+def test_wide_unsigned_labels_and_read_only_arrays():
+    # was: torch's NotImplementedError ("min_all" not implemented for 'UInt64')
+    assert check_labels(np.array([1, 2], dtype=np.uint64), 2, 3).tolist() == [1, 2]
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        check_labels(np.array([1, 7], dtype=np.uint32), 2, 3)
+    # was: torch's UserWarning about non-writable arrays (np.load(mmap_mode="r"))
+    x = np.random.default_rng(0).random((2, 1, 4, 4), dtype=np.float32)
+    x.flags.writeable = False
+    assert np.shares_memory(check_images(x).numpy(), x)
+
+
+def test_first_forward_turns_a_model_input_error_into_a_value_error():
+    from sklearn_advdet.deep._checks import first_forward
+
+    conv = torch.nn.Conv2d(3, 2, 3)
+    with pytest.raises(ValueError, match=r"cannot take images of shape \(1, 5, 5\) \(a "
+                                         r"batch of 2, torch.float32\).*3 channels"):
+        first_forward(conv, torch.rand(2, 1, 5, 5))
+    with pytest.raises(ValueError, match="cannot take images"):
+        n_classes_of(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)),
+                     torch.rand(2, 1, 3, 3))
+
+    class Oom(torch.nn.Module):
+        def forward(self, x):
+            raise torch.cuda.OutOfMemoryError("out of memory")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # subclasses pass through
+        first_forward(Oom(), torch.rand(1, 1, 2, 2))

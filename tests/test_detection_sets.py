@@ -276,3 +276,29 @@ def test_input_validation(setup):
     with pytest.raises(ValueError, match="shape"):
         build_detection_set(model, X_tr, y_tr, X_te[:, :, :4], y_te,
                             attacks=[("fgsm", 0.1)])
+
+
+# ------------------------------------------------------- fuzz-suite regressions
+def test_bad_images_are_refused_before_out_dir_is_written(setup, tmp_path):
+    model, X_tr, y_tr, X_te, y_te, _ = setup
+    bad = X_te[:20].copy()
+    bad[3, 0, 2, 2] = np.nan
+    with pytest.raises(ValueError, match="test_images contain 1 NaN"):
+        build_detection_set(model, X_tr, y_tr, bad, y_te[:20], attacks=[("fgsm", 0.1)],
+                            device="cpu", out_dir=tmp_path / "set")
+    with pytest.raises(TypeError, match="ref_labels must hold integer class indices"):
+        build_detection_set(model, X_tr, y_tr + 0.5, X_te[:20], y_te[:20],
+                            attacks=[("fgsm", 0.1)], device="cpu", out_dir=tmp_path / "set")
+    assert not (tmp_path / "set").exists()
+
+
+def test_an_attack_that_keeps_no_row_is_recorded_in_out_dir(setup, tmp_path):
+    # was: FileNotFoundError writing attack.json into a folder never created
+    # (no row kept: no store made)
+    model, X_tr, y_tr, X_te, y_te, _ = setup
+    kwargs = dict(attacks=[("fgsm", 0.0)], device="cpu", random_state=0,
+                  out_dir=tmp_path / "set")
+    data = build_detection_set(model, X_tr[:50], y_tr[:50], X_te[:20], y_te[:20], **kwargs)
+    assert data.attack_summary[0]["n_adversarial"] == 0 and (data.y == 0).all()
+    again = build_detection_set(model, X_tr[:50], y_tr[:50], X_te[:20], y_te[:20], **kwargs)
+    _assert_same(again, data)

@@ -106,6 +106,21 @@ def test_euclidean_medoid_far_from_origin():
     assert _euclidean_medoid(X, 32) == _brute_medoid(X)
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e30, 1e100])
+def test_euclidean_medoid_beyond_float32_squares(scale):
+    # fuzz regression: centred values above ~1e19 overflowed the float32
+    # tiles (a RuntimeWarning, then inf sums and an arbitrary medoid); the
+    # float64 sums by differences decide instead
+    rng = np.random.RandomState(5)
+    for d in (3, 300):
+        X = rng.normal(size=(40, d)) * scale
+        assert _euclidean_medoid(X, 16) == _brute_medoid(X)
+        # numpy's error state is per thread: the worker threads' tiles too
+        assert _euclidean_medoid(X, 16, n_threads=2) == _brute_medoid(X)
+    emb = PivotEmbedder("single", pivots="medoid").fit(X, np.arange(40) % 2)
+    assert np.isfinite(emb.pivots_[0]).all()
+
+
 def test_euclidean_medoid_exact_duplicates_take_lowest_index():
     rng = np.random.RandomState(4)
     X = rng.normal(size=(60, 8))

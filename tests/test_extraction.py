@@ -538,3 +538,35 @@ def test_real_cifar_tar_passes_the_checks():
     files, labels, classes = list_image_folder(CIFAR_TEST_TAR)
     assert len(files) == 10000 and len(classes) == 10
     np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)
+
+
+# ------------------------------------------------------- fuzz-suite regressions
+def test_bad_batch_size_labels_and_input_shape_are_clear_errors(tmp_path):
+    model = tiny_cnn()
+    x = torch.rand(4, 3, 8, 8)
+    fx = FeatureExtractor(model, layers=["0"], device="cpu", progress=False)
+    # was: "invalid literal for int() with base 10: 'x'"
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 'x'"):
+        FeatureExtractor(model, batch_size="x", progress=False).extract(x)
+    # was: float labels silently truncated (1.7 -> 1)
+    with pytest.raises(TypeError, match="labels must hold integer class indices"):
+        fx.extract(x, labels=[0.0, 1.7, 2.0, 1.0])
+    # was: torch's RuntimeError from inside the first convolution
+    with pytest.raises(ValueError, match=r"cannot take images of shape \(1, 8, 8\).*"
+                                         "expected input.*to have 3 channels"):
+        fx.extract(torch.rand(4, 1, 8, 8))
+    # was: RuntimeError from the DataLoader's collate
+    with pytest.raises(ValueError, match="cannot be batched together.*same shape"):
+        fx.extract([torch.rand(3, 8, 8), torch.rand(3, 8, 6)])
+    assert all_hooks_empty(model)
+
+
+def test_read_only_images_extract_without_a_warning():
+    # np.load(mmap_mode="r") gives read-only arrays: torch warned about
+    # writing to them (an error in the test suite); they are only read
+    x = np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32)
+    x.flags.writeable = False
+    labels = np.array([0, 1, 2, 0])
+    labels.flags.writeable = False
+    fx = FeatureExtractor(tiny_cnn(), layers=["0"], device="cpu", progress=False)
+    np.testing.assert_array_equal(fx.extract(x, labels=labels).X, fx.extract(x.copy()).X)

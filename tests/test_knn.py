@@ -202,6 +202,23 @@ def test_pca_whitening_matches_sklearn(two_layer_data):
     assert not np.allclose(nw.transform(q), sc.transform(q))
 
 
+def test_pca_preprocessing_on_too_few_or_constant_references():
+    # fuzz regressions: one reference row divided by n - 1 = 0 inside PCA (a
+    # RuntimeWarning); a zero-variance component warned before the clear error
+    layout = FeatureLayout([3, 2], has_logits=True)
+    X = np.array([[0.1, 2.0, 3.0, 1.0, 0.0]])
+    with pytest.raises(ValueError, match="needs at least 2 reference rows"):
+        KNNClassScorer(layout, preprocessing="pca").fit(X, [0])
+    X = np.array([[2.0, 1.0, 5.0, 1.0, 0.0], [2.0, 1.0, 5.0, 0.0, 1.0],
+                  [2.0, 1.0, 5.0, 1.0, 0.0], [2.0, 1.0, 5.0, 0.0, 1.0]])
+    # was: a fit without a word, then inf/NaN scores from dividing by 0
+    with pytest.raises(ValueError, match="3 of the 3 have none.*whiten=False"):
+        KNNClassScorer(layout, preprocessing="pca", n_components=3).fit(X, [0, 1, 0, 1])
+    scores = KNNClassScorer(layout, preprocessing="pca", n_components=3, whiten=False,
+                            n_neighbors=2).fit(X, [0, 1, 0, 1]).transform(X)
+    assert np.isfinite(scores).all()
+
+
 def test_l2_preprocessing_matches_brute_force(two_layer_data):
     ref, yref, q, pred = two_layer_data
     sc = KNNClassScorer(_lay(5, 3, 4), layers=1, n_neighbors=6, weights="rank",

@@ -603,3 +603,61 @@ def test_corrupt_member_in_a_worker_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"member 'split/c/zzz.png' of .*imgs.tar is not "
                                          "a readable image"):
         extractor(num_workers=1).extract(tar)
+
+
+# ------------------------------------------------------- fuzz-suite regressions
+@pytest.mark.parametrize("kwargs, match", [
+    ({"count": -1}, "count must be an integer >= 0"),
+    ({"chunk_size": "x"}, r"chunk_size \(rows per chunk\) must be an integer >= 1"),
+    ({"layer_sizes": [0]}, "every layer size must be an integer >= 1"),
+    ({"n_classes": 0}, r"n_classes \(or None\) must be an integer >= 1"),
+])
+def test_writer_arguments_are_checked_before_anything_is_written(tmp_path, kwargs, match):
+    # was: count=-1 allocated the first array, then failed in numpy
+    spec = dict(count=3, layer_names=["a"], layer_sizes=[2], n_classes=2, chunk_size=2)
+    with pytest.raises(ValueError, match=match):
+        FeatureStoreWriter.create(tmp_path / "s", **{**spec, **kwargs})
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+
+
+def test_a_chunk_that_does_not_exist_is_named(tmp_path):
+    # was: numpy's "could not broadcast input array from shape (2,2) into shape (0,2)"
+    w = FeatureStoreWriter.create(tmp_path / "s", count=3, layer_names=["a"],
+                                  layer_sizes=[2], n_classes=None, chunk_size=2)
+    for k in (2, -1, 1.0):
+        with pytest.raises(ValueError, match=r"chunk .* does not exist: the store has 2 "
+                                             r"chunk\(s\), numbered 0 to 1"):
+            w.write_chunk(k, layers=[np.ones((2, 2))])
+    assert w.committed() == set()
+
+
+def test_labels_out_of_range_leave_no_store(tmp_path, data):
+    # was: the store was allocated, then the labels were refused chunk by chunk
+    images, labels, _ = data
+    bad = labels.copy()
+    bad[-1] = 3  # the model has 3 classes
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        extractor().extract_to_store(images, tmp_path / "s", labels=bad, chunk_size=CHUNK)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_run_that_fails_before_its_first_chunk_removes_its_store(tmp_path, data,
+                                                                   monkeypatch):
+    images, labels, _ = data
+    _crash_after(monkeypatch, 0)  # the first chunk fails: nothing committed
+    with pytest.raises(_Crash):
+        extractor().extract_to_store(images, tmp_path / "s", labels=labels,
+                                     chunk_size=CHUNK)
+    assert not (tmp_path / "s").exists()
+    (tmp_path / "empty").mkdir()  # a folder that was there stays, emptied
+    with pytest.raises(_Crash):
+        extractor().extract_to_store(images, tmp_path / "empty", labels=labels,
+                                     chunk_size=CHUNK)
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+    # a store with committed chunks stays, to be resumed
+    monkeypatch.undo()
+    _crash_after(monkeypatch, 2)
+    with pytest.raises(_Crash):
+        extractor().extract_to_store(images, tmp_path / "s", labels=labels,
+                                     chunk_size=CHUNK)
+    assert len(open_store(tmp_path / "s", allow_incomplete=True).manifest["layers"]) == 3

@@ -15,12 +15,17 @@ so the same input gets the same answer everywhere:
   logits tensor ``(N, n_classes)``; tuples, lists and dicts need an explicit
   ``output=`` selector (an int index or a dict key).
 - :func:`n_classes_of`: the width of the model's logits, from one image.
+- :func:`first_forward`: the first forward pass of a run; a model that
+  cannot take the input (other channels or image size) fails there with a
+  ``RuntimeError`` from inside torch, turned into a ``ValueError`` naming
+  the input's shape.
 
 Nothing here moves data between devices or changes dtypes beyond turning a
 numpy array into a tensor.
 """
 
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -30,6 +35,7 @@ __all__ = [
     "check_images",
     "check_labels",
     "check_output_selector",
+    "first_forward",
     "model_logits",
     "n_classes_of",
     "select_logits",
@@ -37,6 +43,9 @@ __all__ = [
 
 # channel counts of the usual image formats (grey, RGB, RGBA)
 _CHANNEL_COUNTS = (1, 3, 4)
+# unsigned integer dtypes wider than uint8, which torch only half supports
+_WIDE_UNSIGNED = tuple(getattr(torch, name) for name in ("uint16", "uint32", "uint64")
+                       if hasattr(torch, name))
 
 
 def as_tensor(array, name="images"):
@@ -51,7 +60,8 @@ def as_tensor(array, name="images"):
     Returns
     -------
     torch.Tensor
-        The tensor itself, or a tensor sharing the numpy array's memory.
+        The tensor itself, or a tensor sharing the numpy array's memory
+        (read-only arrays too: they are never written).
 
     Raises
     ------
@@ -70,6 +80,14 @@ def as_tensor(array, name="images"):
                 f"{name} must be a numeric array or tensor, got an array of Python "
                 "objects (ragged or mixed input): stack the items into one array"
             )
+        if not arr.flags.writeable:
+            # a read-only array (np.load(mmap_mode="r")): shared, never written
+            # (nothing here changes its input in place), so torch's warning
+            # about writing to it does not apply
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not "
+                                        "writable", category=UserWarning)
+                return torch.as_tensor(arr)
         return torch.as_tensor(arr)
     raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(array).__name__}")
 
@@ -201,6 +219,11 @@ def check_labels(labels, n, n_classes=None, *, name="labels"):
         raise ValueError(
             f"{name} must have shape ({n},) to match the images, got {tuple(labels.shape)}"
         )
+    if labels.dtype in _WIDE_UNSIGNED:  # torch has no min/max for them: int64 values
+        wide = labels.cpu().numpy()
+        if wide.size and int(wide.max()) > np.iinfo(np.int64).max:
+            raise ValueError(f"{name} must be class indices, got {int(wide.max())}")
+        labels = torch.from_numpy(wide.astype(np.int64))
     if n:
         lo = int(labels.min())
         if lo < 0:
@@ -336,6 +359,39 @@ def model_logits(model, x, output=None):
     return select_logits(model(x), output, n=x.shape[0])
 
 
+def first_forward(forward, x):
+    """``forward(x)`` for the first batch of a run, with input errors made clear.
+
+    A model that cannot take ``x`` (another number of channels, an image
+    too small for its kernels, a flattening layer of another width) raises
+    a ``RuntimeError`` from inside torch on the first batch it sees.  Here
+    that becomes a ``ValueError`` naming the input's shape (torch's message
+    kept, the original exception chained).  Subclasses of RuntimeError
+    (out of memory, the hooks' own errors) pass through unchanged.
+
+    Parameters
+    ----------
+    forward : callable
+        Runs the model on ``x``.
+    x : torch.Tensor
+        The batch.
+
+    Returns
+    -------
+    Whatever ``forward(x)`` returns.
+    """
+    try:
+        return forward(x)
+    except RuntimeError as exc:
+        if type(exc) is not RuntimeError:  # out of memory, the package's own errors
+            raise
+        raise ValueError(
+            f"the model cannot take images of shape {tuple(x.shape[1:])} (a batch of "
+            f"{x.shape[0]}, {x.dtype}), its forward raised: {exc} -- pass images of "
+            "the channels and size the model was built for, channels first (NCHW)"
+        ) from exc
+
+
 def n_classes_of(model, x, output=None):
     """The number of classes of ``model``: the width of its logits on ``x[:1]``.
 
@@ -354,7 +410,7 @@ def n_classes_of(model, x, output=None):
     if x.shape[0] == 0:
         raise ValueError("n_classes_of needs at least one image")
     with torch.no_grad():
-        logits = model_logits(model, x[:1], output)
+        logits = first_forward(lambda b: model_logits(model, b, output), x[:1])
     n_classes = int(logits.shape[1])
     if n_classes < 1:
         raise ValueError("the model returned logits with 0 classes")

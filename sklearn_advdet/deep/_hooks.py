@@ -13,7 +13,12 @@ import torch
 from torch import nn
 
 from .._device import module_device, resolve_device
-from ._checks import check_images, check_labels, select_logits
+from ._checks import check_images, check_labels, first_forward, select_logits
+
+
+class _HookError(RuntimeError):
+    """A hooked module ran twice or not at all (the ``layers`` chosen, not the input)."""
+
 
 def _pool(name, out):
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
@@ -65,7 +70,7 @@ def _session(model, names, device, amp, output=None):
     def make_hook(name):
         def hook(module, args, out):
             if name in outputs:
-                raise RuntimeError(
+                raise _HookError(
                     f"module {name!r} ran twice in one forward pass: hook a "
                     "module that runs once per input"
                 )
@@ -73,8 +78,10 @@ def _session(model, names, device, amp, output=None):
         return hook
 
     use_amp = bool(amp) and device.type == "cuda"
+    first = True
 
     def forward(x):
+        nonlocal first
         outputs.clear()
         x = x.to(device, non_blocking=True)
         if x.dtype == torch.uint8:
@@ -83,14 +90,19 @@ def _session(model, names, device, amp, output=None):
             x = x.to(torch.float32)
         # the same answer as the attacks: floats in [0, 1], NCHW, no NaN/inf
         check_images(x)
-        if use_amp:
-            with torch.autocast("cuda", dtype=torch.float16):
-                logits = select_logits(model(x), output, n=x.shape[0])
-        else:
-            logits = select_logits(model(x), output, n=x.shape[0])
+
+        def run(b):
+            if use_amp:
+                with torch.autocast("cuda", dtype=torch.float16):
+                    return select_logits(model(b), output, n=b.shape[0])
+            return select_logits(model(b), output, n=b.shape[0])
+
+        # the first batch tells whether the model takes this input at all
+        logits = first_forward(run, x) if first else run(x)
+        first = False
         missing = [n for n in names if n not in outputs]
         if missing:
-            raise RuntimeError(
+            raise _HookError(
                 f"hooked module(s) {missing} did not run in the forward pass: "
                 "hook modules that the model's forward() calls"
             )

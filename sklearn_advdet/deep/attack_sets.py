@@ -36,6 +36,7 @@ from .._device import resolve_device
 from .._progress import get_logger
 from ..store import (StoreBusyError, StoreError, _atomic_write_json, array_digest,
                      open_store)
+from ._checks import as_tensor, check_images, check_labels
 from .attack_specs import (_SEED_MAX, NOISE_ATTACKS, AttackSpec, _jsonable, _spec_seed,
                            parse_attacks)
 from .attacks import ATTACKS, run_attack
@@ -47,32 +48,22 @@ _log = get_logger("attack_sets")
 
 
 def _as_images(images, name):
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    images = np.asarray(images)
-    if not np.issubdtype(images.dtype, np.floating):
-        raise TypeError(
-            f"{name} must be float images in [0, 1], got dtype {images.dtype}"
-            + (" (divide uint8 images by 255)" if images.dtype == np.uint8 else "")
-        )
-    if images.ndim < 2:
-        raise ValueError(f"{name} must be a batch (N, C, H, W), got shape {images.shape}")
+    """Float32 numpy images, checked in full before anything runs or is written."""
+    images = check_images(images, name=name)  # floats in [0, 1], NCHW, finite
     if images.shape[0] == 0:
         raise ValueError(f"{name} holds no images")
-    return np.ascontiguousarray(images, dtype=np.float32)
+    return np.ascontiguousarray(images.detach().cpu().to(torch.float32).numpy())
 
 
 def _as_labels(labels, n, name):
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    labels = np.asarray(labels)
+    """Int64 numpy class indices >= 0, one per image."""
+    labels = as_tensor(labels, name)
     if labels.ndim != 1 or labels.shape[0] != n:
         raise ValueError(
-            f"{name} must have one class label per image, shape ({n},), got {labels.shape}"
+            f"{name} must have one class label per image, shape ({n},), got "
+            f"{tuple(labels.shape)}"
         )
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"{name} must hold integer class labels, got dtype {labels.dtype}")
-    return labels.astype(np.int64)
+    return check_labels(labels, n, name=name).cpu().numpy()
 
 
 # -------------------------------------------------------------- the stores
@@ -94,7 +85,7 @@ def _source_correct(source_model, images, labels, device, batch_size):
     try:
         with torch.no_grad():
             for i in range(0, len(images), batch_size):
-                x = torch.from_numpy(images[i:i + batch_size]).to(dev)
+                x = as_tensor(images[i:i + batch_size]).to(dev)
                 preds.append(source_model(x).argmax(1).cpu().numpy())
     finally:
         source_model.to(was)
@@ -446,6 +437,7 @@ def _attack_block(spec, seed, model, extractor, test_images, test_labels, idx_co
         n_authentic=int((block["y"] == 0).sum()), n_inconsistent=int(n_inconsistent),
     )
     if done_file is not None:
+        adir.mkdir(parents=True, exist_ok=True)  # no store made when no row was kept
         _atomic_write_json(done_file, {"key": spec.key, "seed": seed,
                                        "is_noise": bool(is_noise),
                                        "n_kept": int(kept.size), "summary": info})

@@ -17,6 +17,7 @@ Guarantees of every run:
   model's device when the run moved it.
 """
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -25,7 +26,8 @@ from .._layout import FeatureLayout
 from .._progress import progress as _progress_bar
 from .._store_fingerprint import array_digest
 from ..store import FeatureStore, FeatureStoreWriter
-from ._checks import check_labels, check_output_selector
+from .._validation import check_int
+from ._checks import as_tensor, check_labels, check_output_selector
 from ._hooks import _collect, _pool, _run_device, _session, _to_numpy  # noqa: F401
 from .layers import LAYER_PRESETS, resolve_layers
 from .sources import _ArraySource, _as_source, _shard, model_digest
@@ -148,16 +150,16 @@ class FeatureExtractor:
         self.num_workers = num_workers
 
     def _prepare(self, data, labels):
-        if int(self.batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        check_int(self.batch_size, "batch_size", 1)
         check_output_selector(self.output)
         names = resolve_layers(self.model, self.layers)
         if labels is not None:
-            labels = np.asarray(labels).astype(np.int64, copy=False)
+            # integer class indices >= 0 (floats are refused, never truncated)
+            labels = as_tensor(labels, "labels")
             if labels.ndim != 1:
-                raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
-        if isinstance(self.num_workers, bool) or int(self.num_workers) < 0:
-            raise ValueError(f"num_workers must be an int >= 0, got {self.num_workers!r}")
+                raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
+            labels = check_labels(labels, labels.shape[0]).cpu().numpy()
+        check_int(self.num_workers, "num_workers", 0)
         source = _as_source(data, labels, num_workers=int(self.num_workers))
         if labels is not None and len(source) is not None and len(labels) != len(source):
             raise ValueError(
@@ -300,6 +302,11 @@ class FeatureExtractor:
         weights and the layer list) and refuses any difference with a
         :class:`~sklearn_advdet.store.StoreError` naming it.
 
+        In-memory images and labels are checked in full before the store is
+        created.  A run that fails before committing its first chunk removes
+        the store it allocated (and the directory it created); one that fails
+        later leaves an incomplete store, refused by ``open_store``, to resume.
+
         Returns
         -------
         FeatureStore
@@ -316,8 +323,6 @@ class FeatureExtractor:
         n = len(src)
         if not n:
             raise ValueError("data holds no images")
-        if labels is not None:
-            labels = np.asarray(labels).astype(np.int64, copy=False)
         fingerprint = self._fingerprint(src, names, labels)
         extra = {"include_logits": bool(self.include_logits),
                  "extractor": "sklearn_advdet.deep.extraction.FeatureExtractor"}
@@ -331,6 +336,9 @@ class FeatureExtractor:
             x, y = next(probe)
             probe.close()
             feats, logits = forward(x)
+            if labels is not None:  # all of them, before the store is created
+                check_labels(labels, len(labels), logits.shape[1])
+            existed = Path(path).exists()
             writer = FeatureStoreWriter.create(
                 path, count=n, layer_names=names,
                 layer_sizes=[f.shape[1] for f in feats], n_classes=logits.shape[1],
@@ -341,6 +349,12 @@ class FeatureExtractor:
             try:
                 self._fill(writer, forward, src, labels, names,
                            writer.missing_chunks(start, stop), nested, desc)
+            except BaseException:
+                # a store this run allocated and could not fill a chunk of
+                # is removed; one with committed chunks stays, to resume
+                if writer.allocated:
+                    writer.discard(remove_dir=not existed)
+                raise
             finally:
                 writer.close()
         complete = writer.finalize()

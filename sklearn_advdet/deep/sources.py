@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .._store_fingerprint import array_digest, digest_chunks, files_digest
-from ._checks import check_images
+from ._checks import as_tensor, check_images, check_labels
 from .image_files import ImageFileDataset, collate_images
 
 __all__ = ["model_digest"]
@@ -61,7 +61,7 @@ class _ArraySource:
             j = min(i + batch_size, hi)
             x = self.images[i:j]
             if isinstance(x, np.ndarray):
-                x = torch.from_numpy(np.ascontiguousarray(x))
+                x = as_tensor(np.ascontiguousarray(x))
             y = None if self.labels is None else self.labels[i:j]
             yield x, y
 
@@ -84,8 +84,8 @@ def _split_batch(batch):
             "give it a transform that returns tensors (e.g. torchvision's "
             "ToTensor) or pass a numpy array"
         )
-    if y is not None:
-        y = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y).astype(np.int64)
+    if y is not None:  # integer class indices (floats refused, never truncated)
+        y = check_labels(y, len(x)).cpu().numpy()
     return x, y
 
 
@@ -144,8 +144,26 @@ class _DatasetSource:
             loader = DataLoader(subset, batch_size=bs, shuffle=False,
                                 num_workers=self.num_workers,
                                 pin_memory=self.pin_memory, **kwargs)
-        for batch in loader:
+        for batch in _batched(loader):
             yield _split_batch(batch)
+
+
+def _batched(loader):
+    """The loader's batches; items that cannot be stacked are a ValueError."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "stack expects each tensor to be equal size" not in str(exc):
+                raise
+            raise ValueError(
+                f"the images of data cannot be batched together ({exc}): every image "
+                "must have the same shape, channels first (C, H, W)"
+            ) from exc
+        yield batch
 
 
 class _LoaderSource:
@@ -165,7 +183,7 @@ class _LoaderSource:
             return None
 
     def batches(self, lo, hi, batch_size):
-        for batch in self.loader:
+        for batch in _batched(self.loader):
             yield _split_batch(batch)
 
 

@@ -9,10 +9,10 @@ import numpy as np
 from scipy.special import logsumexp
 from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._layout import FeatureLayout, check_layout
+from .._validation import check_class_targets
 from ..features.mahalanobis import predicted_class_rows
 from ..knn import _check_class_labels
 from ._peer_base import PeerScorer
@@ -122,7 +122,7 @@ class KernelDensityPeer(PeerScorer):
         if layout.has_logits:
             y = _check_class_labels(y, layout.n_logits)
         else:
-            check_classification_targets(y)
+            check_class_targets(y)
         classes, codes = np.unique(y, return_inverse=True)
         layer = layout.select(self.layer)[0]
         Z = np.asarray(X[:, layout.slice_of(layer)], dtype=np.float64)

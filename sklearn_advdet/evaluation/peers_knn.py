@@ -12,10 +12,10 @@ import numpy as np
 from sklearn.base import _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._layout import FeatureLayout, check_layout
+from .._validation import check_class_targets
 from ..search import BACKENDS, make_index
 from ..search._layers import l2_normalize
 from ._peer_base import PeerScorer
@@ -224,7 +224,7 @@ class DkNNCredibilityPeer(PeerScorer):
         self : DkNNCredibilityPeer
         """
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=False)
-        check_classification_targets(y)
+        check_class_targets(y)
         layout = check_layout(self.layer_sizes, X.shape[1], estimator="DkNNCredibilityPeer")
         layers = layout.select(self.layers)
         classes, codes = np.unique(y, return_inverse=True)

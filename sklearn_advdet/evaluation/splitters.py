@@ -28,6 +28,8 @@ import numpy as np
 from sklearn.model_selection import BaseCrossValidator, GroupShuffleSplit
 from sklearn.utils import column_or_1d
 
+from .._validation import check_label_types
+
 __all__ = ["LeaveOneAttackOut", "UnseenAttackSplit", "AttackTransferSplit", "CrossEpsilonSplit"]
 
 
@@ -53,7 +55,7 @@ class _ProtocolSplit(BaseCrossValidator):
                 f"{type(self).__name__} needs y (1 = adversarial, 0 = authentic) "
                 "to tell adversarial rows from authentic ones: pass y to split()"
             )
-        y = column_or_1d(y)
+        y = check_label_types(column_or_1d(y))
         n = len(y) if X is None else X.shape[0] if hasattr(X, "shape") else len(X)
         if len(y) != n:
             raise ValueError(f"X has {n} rows but y has {len(y)}")

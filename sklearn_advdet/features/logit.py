@@ -180,7 +180,7 @@ class LogitFeatures(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        F : ndarray of shape (n_samples, len(features_)), float64
+        F : ndarray of shape (n_samples, `len(features_)`), float64
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)

@@ -10,7 +10,6 @@ from scipy import linalg
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.covariance import OAS, EmpiricalCovariance, LedoitWolf
 from sklearn.utils._param_validation import StrOptions
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     _check_feature_names_in,
     check_is_fitted,
@@ -18,6 +17,7 @@ from sklearn.utils.validation import (
 )
 
 from .._layout import FeatureLayout, check_layout
+from .._validation import check_class_targets
 from ..knn import _check_class_labels
 
 __all__ = ["MahalanobisScorer", "predicted_class_rows"]
@@ -219,7 +219,7 @@ class MahalanobisScorer(TransformerMixin, BaseEstimator):
             y = _check_class_labels(y, layout.n_logits)
             classes, codes = np.unique(y, return_inverse=True)
         else:
-            check_classification_targets(y)
+            check_class_targets(y)
             classes, codes = np.unique(y, return_inverse=True)
         if classes.size < 2:
             raise ValueError(
@@ -264,7 +264,7 @@ class MahalanobisScorer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        D : ndarray of shape (n_samples, len(layers_)), float64
+        D : ndarray of shape (n_samples, `len(layers_)`), float64
             One column per scored layer, in ``layers_`` order (``log1p`` of
             the distance when ``log=True``).
         """

@@ -260,7 +260,7 @@ class LayerSequenceUnion(TransformerMixin, _BaseComposition):
 
         Returns
         -------
-        S : ndarray of shape (n_samples, n_steps_ * n_channels_), float64
+        S : ndarray of shape (n_samples, `n_steps_ * n_channels_`), float64
         """
         names, ests = self._check_transformers()
         validate_data(self, X, skip_check_array=True)
@@ -311,7 +311,7 @@ class LayerSequenceUnion(TransformerMixin, _BaseComposition):
 
         Returns
         -------
-        S : ndarray of shape (n_samples, n_steps_ * n_channels_), float64
+        S : ndarray of shape (n_samples, `n_steps_ * n_channels_`), float64
             Row ``r`` reshaped to ``(n_steps_, n_channels_)`` is the sequence.
         """
         check_is_fitted(self)

@@ -29,14 +29,25 @@ def fit_preprocessing(kind, Z, rng, n_components=256, whiten=True):
         return None, Z
     if kind == "l2":
         return "l2", l2_normalize(Z)
-    n_comp = min(n_components, Z.shape[1], max(Z.shape[0] - 1, 1))
-    pca = PCA(n_components=n_comp, whiten=whiten, random_state=rng)
-    Zt = pca.fit_transform(Z)
-    if not np.all(np.isfinite(Zt)):
+    if Z.shape[0] < 2:
         raise ValueError(
-            "PCA whitening produced non-finite values (a component with zero "
-            "variance in the reference set): lower n_components, use "
-            "whiten=False or preprocessing='l2'"
+            f"preprocessing='pca' needs at least 2 reference rows, got {Z.shape[0]}: "
+            "pass more reference samples or preprocessing=None / 'l2'"
+        )
+    n_comp = min(n_components, Z.shape[1], Z.shape[0] - 1)
+    pca = PCA(n_components=n_comp, whiten=whiten, random_state=rng)
+    # constant references divide 0 by 0 in the variance ratios: the check
+    # below names the fix instead of numpy's warning
+    with np.errstate(divide="ignore", invalid="ignore"):
+        Zt = pca.fit_transform(Z)
+    # whitening divides the queries by each component's spread: a zero one
+    # (fit_transform itself does not divide) would send them to inf or NaN
+    zero = int(np.sum(pca.explained_variance_ <= 0)) if whiten else 0
+    if zero or not np.all(np.isfinite(Zt)):
+        raise ValueError(
+            f"PCA whitening needs components with variance, but {zero} of the "
+            f"{n_comp} have none in this layer's reference set: lower n_components, "
+            "use whiten=False or preprocessing='l2'"
         )
     return pca, Zt.astype(Z.dtype, copy=False)
 

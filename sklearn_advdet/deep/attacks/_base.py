@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..._validation import check_int
-from .._checks import as_tensor, check_images, check_labels, select_logits
+from .._checks import (as_tensor, check_images, check_labels, first_forward,
+                       select_logits)
 
 __all__ = ["AttackResult", "eps_from_255"]
 
@@ -228,9 +229,9 @@ def _forward(model, x):
         try:
             out = model(x.contiguous(memory_format=torch.channels_last))
         except RuntimeError:
+            out = model(x)  # raising too: the input's fault, not the layout's
             _CHANNELS_LAST_FAILED[model] = True
-        else:
-            return select_logits(out, n=x.shape[0])
+        return select_logits(out, n=x.shape[0])
     return select_logits(model(x), n=x.shape[0])
 
 
@@ -256,7 +257,7 @@ def _predict(model, x):
 def _n_classes(model, x):
     """The width of the model's logits, from its first image."""
     with torch.no_grad():
-        return int(_forward(model, x[:1]).shape[1])
+        return int(first_forward(lambda b: _forward(model, b), x[:1]).shape[1])
 
 
 def _prepare(model, images, labels):

@@ -120,7 +120,9 @@ def lbfgs(
 
         for _ in range(binary_search_steps):
             res = _solve(model, x, x64, target, c, bounds, max_iter)
-            adv = torch.as_tensor(res.x, dtype=x.dtype).reshape(shape).to(x.device)
+            # a copy: scipy may return (and pass) read-only arrays, e.g. when
+            # eps = 0 fixes every bound
+            adv = torch.tensor(res.x, dtype=x.dtype).reshape(shape).to(x.device)
             adv = torch.clamp(adv, min=lo_t, max=hi_t)
             pred = _predict(model, adv)
             succ = (pred == target).cpu().numpy()
@@ -153,7 +155,7 @@ def _solve(model, x, x64, target, c, bounds, max_iter):
     def objective(z):
         zz = z.reshape(n, -1)
         dist = ((zz - x64) ** 2).sum(axis=1)
-        zt = torch.as_tensor(z, dtype=x.dtype).reshape(shape).to(x.device)
+        zt = torch.tensor(z, dtype=x.dtype).reshape(shape).to(x.device)
         zt.requires_grad_(True)
         with torch.enable_grad():
             ce = F.cross_entropy(_forward(model, zt), target, reduction="sum")

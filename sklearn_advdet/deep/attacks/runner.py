@@ -1,6 +1,7 @@
 """The attack registry and the batch driver :func:`run_attack`."""
 
 import contextlib
+import inspect
 import math
 import numbers
 
@@ -103,7 +104,8 @@ def run_attack(
         terminal only); False shows nothing.
     **params
         Passed to the attack function (e.g. ``n_iter``, ``alpha``,
-        ``targeted``, ``target`` (an int or an array of N classes), ``quantize``).
+        ``targeted``, ``target`` (an int or an array of N classes), ``quantize``);
+        one the attack does not take is a ``TypeError`` listing those it does.
 
     Returns
     -------
@@ -134,8 +136,9 @@ def run_attack(
     images = check_images(images)
     n = images.shape[0]
     labels = check_labels(labels, n)
-    target = _check_target_arg(params.pop("target", None), n)
     attack = ATTACKS[name]
+    _check_params(name, attack, params)
+    target = _check_target_arg(params.pop("target", None), n)
     generator = _make_generator(random_state)
     parts = []
     with _on_device(model, device):
@@ -169,6 +172,18 @@ def run_attack(
         predictions=cat("predictions"),
     )
     return out
+
+
+def _check_params(name, attack, params):
+    """Refuse a parameter the attack does not take, listing the ones it does."""
+    fixed = ("model", "images", "labels", "eps", "random_state")
+    accepted = [p for p in inspect.signature(attack).parameters if p not in fixed]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"{name} takes no parameter {', '.join(map(repr, unknown))}: its parameters "
+            f"are {accepted}"
+        )
 
 
 def _check_classes(model, images, labels, target, device):
