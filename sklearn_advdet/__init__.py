@@ -13,6 +13,7 @@ __version__ = "0.1.0.dev0"
 # ``import sklearn_advdet`` stays cheap and never pulls torch in.
 _EXPORTS = {
     "AuthenticDensityDetector": ".authentic",
+    "ConformalFusionDetector": ".fusion",
     "FeatureLayout": "._layout",
     "PivotEmbedder": ".embedding",
     "SequenceLSTMDetector": ".detectors",

@@ -22,6 +22,7 @@ __all__ = ["make_detector", "DETECTOR_FEATURES"]
 DETECTOR_FEATURES = ("logit", "mahalanobis", "lid", "knn", "pivots")
 _DEFAULT_FEATURES = {
     "supervised": ("logit", "mahalanobis", "lid", "knn"),
+    "hybrid": ("logit", "mahalanobis", "lid", "knn"),
     "authentic": ("logit", "mahalanobis"),
 }
 
@@ -47,12 +48,7 @@ def _reference_step(name, layout, n_ref, n_jobs):
     return PivotEmbedder(layout, n_jobs=n_jobs)
 
 
-def _final_steps(mode, classifier, random_state, n_jobs):
-    if mode == "authentic":
-        from .authentic import AuthenticDensityDetector
-
-        return [("detector", AuthenticDensityDetector(random_state=random_state,
-                                                      n_jobs=n_jobs))]
+def _classifier_steps(classifier, random_state):
     if classifier == "boosting":
         return [("classifier", HistGradientBoostingClassifier(
             max_iter=300, learning_rate=0.05, random_state=random_state))]
@@ -62,12 +58,28 @@ def _final_steps(mode, classifier, random_state, n_jobs):
     return [("classifier", classifier)]
 
 
+def _final_steps(mode, classifier, random_state, n_jobs):
+    from .authentic import AuthenticDensityDetector
+
+    if mode == "authentic":
+        return [("detector", AuthenticDensityDetector(random_state=random_state,
+                                                      n_jobs=n_jobs))]
+    steps = _classifier_steps(classifier, random_state)
+    if mode == "hybrid":
+        from .fusion import ConformalFusionDetector, default_density
+
+        supervised = steps[0][1] if len(steps) == 1 else Pipeline(steps)
+        return [("detector", ConformalFusionDetector(
+            supervised, default_density(n_jobs), random_state=random_state))]
+    return steps
+
+
 @validate_params(
     {
         "layout": [FeatureLayout, "array-like"],
         "X_ref": ["array-like"],
         "y_ref": ["array-like"],
-        "mode": [StrOptions({"supervised", "authentic"})],
+        "mode": [StrOptions({"supervised", "hybrid", "authentic"})],
         "features": [tuple, list, None],
         "classifier": [StrOptions({"boosting", "logistic"}), BaseEstimator],
         "random_state": ["random_state"],
@@ -103,9 +115,14 @@ def make_detector(layout, X_ref, y_ref, *, mode="supervised", features=None,
         Reference features: the classifier's training set, logits last.
     y_ref : array-like of shape (n_ref,)
         Their class indices (logit columns).
-    mode : {"supervised", "authentic"}, default="supervised"
+    mode : {"supervised", "hybrid", "authentic"}, default="supervised"
         ``"supervised"``: a classifier trained on authentic (``y=0``) and
         adversarial (``y=1``) rows — for a known threat model.
+        ``"hybrid"``: :class:`~sklearn_advdet.ConformalFusionDetector`, the
+        same classifier and a density model of the authentic rows on the
+        same features, a row flagged when either flags it (conformal
+        p-values, Bonferroni) — when you can train on some attacks but must
+        also catch others.
         ``"authentic"``: :class:`~sklearn_advdet.AuthenticDensityDetector`,
         a density model fitted on authentic rows only with a threshold
         calibrated to its ``target_fpr`` — when no attack is available to
@@ -118,13 +135,13 @@ def make_detector(layout, X_ref, y_ref, *, mode="supervised", features=None,
         (:class:`~sklearn_advdet.KNNClassScorer`, W-kNN, ``k=1000``) and
         ``"pivots"`` (:class:`~sklearn_advdet.PivotEmbedder`, centroids),
         each over every hidden layer. ``None``: ``("logit", "mahalanobis",
-        "lid", "knn")`` (supervised) or ``("logit", "mahalanobis")``
+        "lid", "knn")`` (supervised, hybrid) or ``("logit", "mahalanobis")``
         (authentic).
     classifier : {"boosting", "logistic"} or estimator, default="boosting"
-        Supervised mode's last step: ``HistGradientBoostingClassifier(
-        max_iter=300, learning_rate=0.05)``, standardised
-        ``LogisticRegression(C=0.1)``, or any classifier. Ignored in
-        authentic mode.
+        The supervised classifier (last step, or the hybrid's supervised
+        component): ``HistGradientBoostingClassifier(max_iter=300,
+        learning_rate=0.05)``, standardised ``LogisticRegression(C=0.1)``,
+        or any classifier. Ignored in authentic mode.
     random_state : int, RandomState instance or None, default=None
         Seeds the last step.
     n_jobs : int, default=None
@@ -136,7 +153,7 @@ def make_detector(layout, X_ref, y_ref, *, mode="supervised", features=None,
     pipeline : Pipeline
         Steps ``"features"`` (a FeatureUnion of frozen reference steps, named
         as in ``features``), then ``"classifier"`` (``"scale"`` before it for
-        logistic regression) or ``"detector"`` (authentic mode). Its
+        logistic regression) or ``"detector"`` (hybrid and authentic modes). Its
         ``get_feature_names_out`` gives ``<family>__<column>`` names.
 
     Notes

@@ -19,8 +19,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from _fuzz import FUZZ, call, check_rows, mutate_x, mutate_y, x_mutations, y_mutations
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KernelDensity
+
 from sklearn_advdet import (
     AuthenticDensityDetector,
+    ConformalFusionDetector,
     FeatureLayout,
     KNNClassScorer,
     LayerSequenceUnion,
@@ -296,9 +300,20 @@ def test_authentic_density_detector(case, density, calibration, drop):
         call(det.score_samples, case.X_query)
 
 
+@FUZZ(40)
+@given(case=reference_sets(max_rows=30), target=st.sampled_from([0.05, 0.5, 0.9]))
+def test_conformal_fusion_detector(case, target):
+    det = ConformalFusionDetector(LogisticRegression(), KernelDensity(), target_fpr=target,
+                                  calibration_size=0.5, random_state=0)
+    fitted, _ = call(det.fit, case.X_fit, _binary(case))
+    if fitted is not None:
+        _check_classifier(det, case.X_query, case.clean)
+        call(det.p_values, case.X_query)
+
+
 @FUZZ(30)
 @given(case=reference_sets(max_rows=20),
-       mode=st.sampled_from(["supervised", "authentic"]),
+       mode=st.sampled_from(["supervised", "hybrid", "authentic"]),
        features=st.sampled_from([None, ("logit",), ("mahalanobis", "knn"), ("lid",),
                                  ("pivots", "logit"), ("nope",), ()]))
 def test_make_detector(case, mode, features):
@@ -306,7 +321,7 @@ def test_make_detector(case, mode, features):
                   features=features, classifier="logistic", random_state=0)
     if det is None:
         return
-    y01 = case.y % 2 if mode == "supervised" else np.zeros(len(case.y), dtype=int)
+    y01 = case.y % 2 if mode != "authentic" else np.zeros(len(case.y), dtype=int)
     fitted, _ = call(det.fit, case.X, y01)
     if fitted is not None:
         _check_classifier(det, case.X_query, case.clean)

@@ -87,6 +87,14 @@ def _default_authentic(layout, X_ref, y_ref, settings):
     return det.set_params(detector__drop_adversarial=True)
 
 
+def _default_hybrid(layout, X_ref, y_ref, settings):
+    """make_detector's hybrid mode: the default classifier or an authentic density."""
+    from ..recipes import make_detector
+
+    return make_detector(layout, X_ref, y_ref, mode="hybrid",
+                         random_state=settings["random_state"], n_jobs=settings["n_jobs"])
+
+
 def _peer(cls_name, **params):
     def factory(layout, X_ref, y_ref, settings):
         from .. import evaluation
@@ -108,6 +116,7 @@ DETECTORS = {
     "logit_mahalanobis_logistic": ("composition", _logit_mahalanobis_logistic),
     "default": ("default", _default),
     "default_authentic": ("default, authentic only", _default_authentic),
+    "default_hybrid": ("default, hybrid", _default_hybrid),
     "max_softmax": ("peer", _peer("MaxSoftmaxPeer")),
     "energy": ("peer", _peer("EnergyPeer")),
     "mahalanobis": ("peer", _peer("MahalanobisPeer")),
@@ -119,7 +128,7 @@ DETECTORS = {
 
 #: detectors whose ``decision_function > 0`` is a threshold calibrated to a
 #: target false-positive rate on authentic rows: name -> that target
-CALIBRATED = {"default_authentic": 0.05}
+CALIBRATED = {"default_authentic": 0.05, "default_hybrid": 0.05}
 
 #: what ``detectors=None`` runs: every entry but the pivots LSTM, whose training
 #: (one per split: 1 + F + F^2 + budgets^2 fits for F families) dominates a CPU
