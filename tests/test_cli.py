@@ -15,28 +15,12 @@ import pytest
 from sklearn.utils import Bunch
 
 from sklearn_advdet import FeatureLayout
+from _cli import one_line_error as _one_line_error
+from _cli import run_cli as _run
 from sklearn_advdet.cli import _parse_eps, main
 from sklearn_advdet.datasets import save_detection_set
 
 LAYOUT = FeatureLayout([4, 3, 3], names=["a", "b", "logits"], has_logits=True)
-
-
-def _run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:  # argparse errors
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line_error(rc, err, needle):
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _features(rng, cls):

@@ -4,23 +4,13 @@ import json
 
 import pytest
 
-from sklearn_advdet.cli import main
-
-
-def _run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:  # argparse errors
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+from _cli import one_line_error, run_cli as _run
 
 
 def test_adaptive_needs_the_classifier(tmp_path, capsys):
     rc, _, err = _run(["benchmark", "--adaptive", "--digits", "--out", str(tmp_path / "a")],
                       capsys)
-    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "pass --data" in err
+    one_line_error(rc, err, "pass --data")
     assert not (tmp_path / "a").exists()
 
 

@@ -20,29 +20,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_advdet import FeatureLayout, LogitFeatures, PivotEmbedder, persistence
+from _cli import one_line_error as _one_line_error
+from _cli import run_cli as _run
 from sklearn_advdet.cli import UsageError, main
 from sklearn_advdet.deep.extraction import extract_features
 from sklearn_advdet.deep.models import cifar_resnet
 from sklearn_advdet.experiments.guarded import REJECT, GuardedModel, load_guarded
-
-
-def _run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:  # argparse errors
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line_error(rc, err, *needles):
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, lines
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _save(pipe, path, layout):

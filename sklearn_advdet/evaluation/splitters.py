@@ -46,7 +46,9 @@ class _ProtocolSplit(BaseCrossValidator):
     _meta_name = "attack"
 
     def _meta(self):
-        raise NotImplementedError
+        """The per-row labels the protocol splits by: the attack names (by default)."""
+        _check_test_size(self.test_size)
+        return np.asarray(column_or_1d(self.attack)).astype(str)
 
     def _check(self, X, y, groups, need_groups=True):
         meta = self._meta()
@@ -188,10 +190,6 @@ class LeaveOneAttackOut(_ProtocolSplit):
         self.test_size = test_size
         self.random_state = random_state
 
-    def _meta(self):
-        _check_test_size(self.test_size)
-        return np.asarray(column_or_1d(self.attack)).astype(str)
-
     def _pairs(self, y, meta):
         families = list(_first_order(meta[y == 1]))
         if len(families) < 2:
@@ -242,10 +240,6 @@ class UnseenAttackSplit(_ProtocolSplit):
         self.train_attacks = train_attacks
         self.test_size = test_size
         self.random_state = random_state
-
-    def _meta(self):
-        _check_test_size(self.test_size)
-        return np.asarray(column_or_1d(self.attack)).astype(str)
 
     def _pairs(self, y, meta):
         present = [str(f) for f in _first_order(meta[y == 1])]
@@ -302,10 +296,6 @@ class AttackTransferSplit(_ProtocolSplit):
         self.include_diagonal = include_diagonal
         self.test_size = test_size
         self.random_state = random_state
-
-    def _meta(self):
-        _check_test_size(self.test_size)
-        return np.asarray(column_or_1d(self.attack)).astype(str)
 
     def _side(self, chosen, present, what):
         if chosen is None:
