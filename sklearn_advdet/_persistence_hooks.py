@@ -213,7 +213,8 @@ class _HistGradientBoosting(_Hook):
         return attrs
 
     def after_load(self, obj):
-        obj._loss = obj._get_loss(sample_weight=None)
+        if hasattr(obj, "n_trees_per_iteration_"):  # fitted (an unfitted one has no loss)
+            obj._loss = obj._get_loss(sample_weight=None)
 
 
 class _SklearnTree(_Hook):

@@ -87,7 +87,7 @@ def _final_steps(mode, classifier, random_state, n_jobs):
     },
     prefer_skip_nested_validation=True,
 )
-def make_detector(layout, X_ref, y_ref, *, mode="supervised", features=None,
+def make_detector(layout, X_ref, y_ref, *, mode="hybrid", features=None,
                   classifier="boosting", random_state=None, n_jobs=None):
     """Build the recommended detection Pipeline, its reference steps fitted and frozen.
 
@@ -115,7 +115,7 @@ def make_detector(layout, X_ref, y_ref, *, mode="supervised", features=None,
         Reference features: the classifier's training set, logits last.
     y_ref : array-like of shape (n_ref,)
         Their class indices (logit columns).
-    mode : {"supervised", "hybrid", "authentic"}, default="supervised"
+    mode : {"hybrid", "supervised", "authentic"}, default="hybrid"
         ``"supervised"``: a classifier trained on authentic (``y=0``) and
         adversarial (``y=1``) rows — for a known threat model.
         ``"hybrid"``: :class:`~sklearn_advdet.ConformalFusionDetector`, the
@@ -170,7 +170,8 @@ def make_detector(layout, X_ref, y_ref, *, mode="supervised", features=None,
     >>> layout = FeatureLayout([4, 3], has_logits=True)
     >>> y_ref = np.arange(60) % 3
     >>> X_ref = np.hstack([rng.normal(size=(60, 4)) + y_ref[:, None], 3 * np.eye(3)[y_ref]])
-    >>> det = make_detector(layout, X_ref, y_ref, features=["logit", "mahalanobis"])
+    >>> det = make_detector(layout, X_ref, y_ref, mode="supervised",
+    ...                     features=["logit", "mahalanobis"])
     >>> [name for name, _ in det.steps]
     ['features', 'classifier']
     >>> X = np.vstack([X_ref, X_ref + rng.normal(scale=3, size=X_ref.shape)])

@@ -51,7 +51,7 @@ def digits():
 
 def _run(digits, out, **kw):
     model, X, y = digits
-    args = dict(layers=LAYERS, detectors=["logit_mahalanobis_logistic", "default"],
+    args = dict(layers=LAYERS, detectors=["logit_mahalanobis_logistic", "default_supervised"],
                 eps_list=(0.05, 0.1), n_iter=5, lam=(1.0,), adaptive_training_rounds=1,
                 out_dir=out, max_epochs=5)
     args.update(kw)
@@ -68,17 +68,17 @@ def test_every_cell_resumes_and_keeps_the_sanity_rule(digits, tmp_path):
         assert 0 <= c["robust"] <= 1 and c["undetected"] <= c["fooled"]
         assert c["robust"] == pytest.approx(1 - c["undetected"])  # right or rejected
         # the boosted default is attacked through its logistic surrogate, the other directly
-        assert c["surrogate"] == ("HistGradientBoostingClassifier" if det == "default"
+        assert c["surrogate"] == ("HistGradientBoostingClassifier" if det == "default_supervised"
                                   else None)
         if (det, rnd, mode) == ("logit_mahalanobis_logistic", "0", "adaptive"):
             # the sanity rule, where the guard itself is differentiated: adaptive PGD
             # leaves at least as many errors undetected as oblivious PGD
             assert c["undetected"] >= cells[f"{det}|0|oblivious|{eps}"]["undetected"]
-    for det in ("logit_mahalanobis_logistic", "default"):
+    for det in ("logit_mahalanobis_logistic", "default_supervised"):
         r0, r1 = cells[f"{det}|0|adaptive|25.5"], cells[f"{det}|1|adaptive|25.5"]
         assert r1["n_train"] > r0["n_train"] and r1["n_train_adv"] > r0["n_train_adv"]
     md = (tmp_path / "adaptive.md").read_text()
-    assert md.count("| default |") == 2 * 2 * len(ATTACK_MODES)
+    assert md.count("| default_supervised |") == 2 * 2 * len(ATTACK_MODES)
     assert "logistic surrogate of HistGradientBoostingClassifier" in md
     # resumed: every cell read back, nothing recomputed
     stamp = (tmp_path / "cells.json").stat().st_mtime_ns

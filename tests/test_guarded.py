@@ -91,10 +91,11 @@ def _pipelines(d):
                                 ("logit", LogitFeatures(lay, features=["energy"]))],
                                static=["logit"], static_as="broadcast"),
             MLPDetector(max_epochs=2, random_state=0)),
-        "make_detector-default": make_detector(lay, d["X_ref"], d["y_ref"], random_state=0),
+        "make_detector-supervised": make_detector(lay, d["X_ref"], d["y_ref"],
+                                                  mode="supervised", random_state=0),
         "make_detector-logistic": make_detector(
-            lay, d["X_ref"], d["y_ref"], features=["logit", "mahalanobis", "lid", "knn",
-                                                   "pivots"], classifier="logistic"),
+            lay, d["X_ref"], d["y_ref"], mode="supervised",
+            features=["logit", "mahalanobis", "lid", "knn", "pivots"], classifier="logistic"),
     }
 
 
@@ -102,7 +103,7 @@ PIPELINE_NAMES = [
     "pivots-centroid-euclidean-mlp", "pivots-medoid-cosine-lstm",
     "pivots-cosine-similarity-logistic", "logit-features", "mahalanobis-predicted-log",
     "mahalanobis-closest-oas", "knn-uniform", "knn-rank-l2", "knn-distance-pca", "lid",
-    "sequence-static-step-lstm", "sequence-broadcast-mlp", "make_detector-default",
+    "sequence-static-step-lstm", "sequence-broadcast-mlp", "make_detector-supervised",
     "make_detector-logistic",
 ]
 
@@ -210,6 +211,14 @@ def test_unsupported_steps_are_named(digits):
     pca = make_pipeline(PCA(3), LogisticRegression()).fit(digits["X"], digits["y_det"])
     with pytest.raises(TypeError, match="cannot convert the step PCA"):
         GuardedModel(digits["model"], pca, layers=LAYERS)
+    # make_detector's default (hybrid) has a density component: the error says
+    # which mode serves
+    hybrid = make_detector(lay, digits["X_ref"], digits["y_ref"],
+                           features=["logit", "mahalanobis"], classifier="logistic",
+                           random_state=0).set_params(detector__target_fpr=0.5)
+    hybrid.fit(digits["X"], digits["y_det"])  # (few rows here: a loose target)
+    with pytest.raises(TypeError, match=r"ConformalFusionDetector.*mode='supervised'"):
+        GuardedModel(digits["model"], hybrid, layers=LAYERS)
 
 
 def test_layout_and_layer_mismatches_are_clear(digits, fitted):

@@ -93,8 +93,27 @@ def _union():
 
 
 def _recipe():
+    # the default (hybrid) mode; a loose target for the 20 authentic rows here
     pipe = sklearn_advdet.make_detector(LAYOUT, X_REF, Y_REF, random_state=0)
+    pipe.set_params(detector__target_fpr=0.5)
     return pipe.fit(X_DET, Y_DET), X_DET
+
+
+def _unfitted_hgb_param():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    est = LogisticRegression().fit(X_DET, Y_DET)
+    est.unfitted_template = HistGradientBoostingClassifier(max_iter=3)  # held, never fitted
+    return est, X_DET
+
+
+def _fusion():
+    from sklearn.linear_model import LogisticRegression
+
+    det = sklearn_advdet.ConformalFusionDetector(LogisticRegression(), target_fpr=0.5,
+                                                 random_state=0)
+    return det.fit(X_DET, Y_DET), X_DET
 
 
 # name -> builder returning a fitted estimator and the X to compare on
@@ -110,8 +129,11 @@ BUILDERS = {
     "AuthenticDensityDetector(knn)": lambda: _authentic("knn"),
     "AuthenticDensityDetector(isolation_forest)": lambda: _authentic("isolation_forest"),
     "make_detector": _recipe,
+    "ConformalFusionDetector": _fusion,
     "Pipeline+FrozenEstimator+StandardScaler+LogisticRegression": _pipeline,
     "HistGradientBoostingClassifier": _hgb,
+    # an unfitted one as a parameter (make_detector's hybrid holds one)
+    "HistGradientBoostingClassifier(unfitted)+LogisticRegression": _unfitted_hgb_param,
 }
 _METHODS = ("predict_proba", "decision_function", "score_samples", "transform", "predict")
 

@@ -25,7 +25,8 @@ def digits():
 
 def test_supervised_detector_fits_and_detects(digits):
     d, X, y, groups, tr, te = digits
-    det = make_detector(d.layout, d.X_ref, d.y_ref, features=FEATS, random_state=0)
+    det = make_detector(d.layout, d.X_ref, d.y_ref, mode="supervised", features=FEATS,
+                        random_state=0)
     union = det.named_steps["features"]
     assert all(isinstance(t, FrozenEstimator) for n, t in union.transformer_list if n != "logit")
     assert not hasattr(det.named_steps["classifier"], "classes_")  # last step unfitted
@@ -47,8 +48,8 @@ def test_supervised_detector_fits_and_detects(digits):
 def test_gridsearch_over_a_parameter(digits):
     d, X, y, groups, tr, te = digits
     sub = np.random.RandomState(0).permutation(len(X))[:900]
-    det = make_detector(d.layout, d.X_ref, d.y_ref, features=["logit", "mahalanobis"],
-                        classifier="logistic")
+    det = make_detector(d.layout, d.X_ref, d.y_ref, mode="supervised",
+                        features=["logit", "mahalanobis"], classifier="logistic")
     grid = GridSearchCV(det, {"classifier__C": [1e-3, 1.0]}, cv=GroupKFold(2),
                         scoring="roc_auc")
     grid.fit(X[sub], y[sub], groups=groups[sub])
@@ -62,6 +63,8 @@ def test_default_composition(digits):
     det = make_detector(d.layout, d.X_ref, d.y_ref, random_state=0)
     assert [n for n, _ in det.named_steps["features"].transformer_list] == [
         "logit", "mahalanobis", "lid", "knn"]
+    # the default is the hybrid: boosting or the authentic density, fused
+    assert type(det.named_steps["detector"]).__name__ == "ConformalFusionDetector"
     det.fit(X[tr], y[tr])
     assert roc_auc_score(y[te], det.predict_proba(X[te])[:, 1]) > 0.9
 

@@ -71,11 +71,12 @@ def _logit_mahalanobis_logistic(layout, X_ref, y_ref, settings):
     return make_pipeline(union, StandardScaler(), LogisticRegression(C=0.1, max_iter=1000))
 
 
-def _default(layout, X_ref, y_ref, settings):
+def _default_supervised(layout, X_ref, y_ref, settings):
+    """make_detector's supervised mode: the features, then gradient boosting."""
     from ..recipes import make_detector
 
-    return make_detector(layout, X_ref, y_ref, random_state=settings["random_state"],
-                         n_jobs=settings["n_jobs"])
+    return make_detector(layout, X_ref, y_ref, mode="supervised",
+                         random_state=settings["random_state"], n_jobs=settings["n_jobs"])
 
 
 def _default_authentic(layout, X_ref, y_ref, settings):
@@ -106,17 +107,18 @@ def _peer(cls_name, **params):
     return factory
 
 
-#: name -> (group, factory); groups: "paper", "composition", "default",
-#: "default, authentic only" (fitted on the authentic rows of each split), "peer"
+#: name -> (group, factory); groups: "paper", "composition", the three modes of
+#: make_detector ("default (hybrid)", the recommended one; "default, supervised";
+#: "default, authentic only", fitted on the authentic rows of each split), "peer"
 DETECTORS = {
     "pivots_lstm": ("paper", _pivots_lstm),
     "pivots_mlp": ("paper", _pivots_mlp),
     "knn_score": ("paper", _knn_score),
     "logit_mahalanobis_boosting": ("composition", _logit_mahalanobis),
     "logit_mahalanobis_logistic": ("composition", _logit_mahalanobis_logistic),
-    "default": ("default", _default),
+    "default_hybrid": ("default (hybrid)", _default_hybrid),
+    "default_supervised": ("default, supervised", _default_supervised),
     "default_authentic": ("default, authentic only", _default_authentic),
-    "default_hybrid": ("default, hybrid", _default_hybrid),
     "max_softmax": ("peer", _peer("MaxSoftmaxPeer")),
     "energy": ("peer", _peer("EnergyPeer")),
     "mahalanobis": ("peer", _peer("MahalanobisPeer")),

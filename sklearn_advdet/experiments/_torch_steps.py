@@ -386,11 +386,14 @@ def _convert_head(est):
 
         _check_binary_classes(est, name)
         return HGBHead(est)
+    hint = ("; make_detector's hybrid and authentic modes hold a density model: "
+            "build the served detector with make_detector(..., mode='supervised')"
+            if name in ("ConformalFusionDetector", "AuthenticDensityDetector") else "")
     raise TypeError(
         f"cannot convert the final step {name} to torch: the guarded model's last "
         "step must be LogisticRegression, MLPDetector, SequenceLSTMDetector or "
         "HistGradientBoostingClassifier "
-        f"(convertible steps: {', '.join(CONVERTIBLE_STEPS)})")
+        f"(convertible steps: {', '.join(CONVERTIBLE_STEPS)}){hint}")
 
 
 def _convert_transformer(est, surrogate, temperature):

@@ -46,8 +46,9 @@ __all__ = ["run_adaptive_benchmark", "run_adaptive_cifar", "ADAPTIVE_DETECTORS",
 _log = get_logger("adaptive")
 
 #: detectors attacked when none are named: one per family with a gradient
-#: path, and the default (through its surrogate head)
-ADAPTIVE_DETECTORS = ("pivots_mlp", "logit_mahalanobis_logistic", "default")
+#: path, and make_detector's supervised mode (through its surrogate head; the
+#: hybrid and authentic modes have no torch conversion)
+ADAPTIVE_DETECTORS = ("pivots_mlp", "logit_mahalanobis_logistic", "default_supervised")
 #: attacks run per detector and budget
 ATTACK_MODES = ("oblivious", "adaptive", "orthogonal")
 #: last steps the guarded model can differentiate through
