@@ -87,6 +87,10 @@ def test_every_cell_resumes_and_keeps_the_sanity_rule(digits, tmp_path):
     assert (tmp_path / "cells.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="other settings"):
         _run(digits, tmp_path, n_iter=6)
+    # a later call for one detector keeps the others' rows in the table
+    one = _run(digits, tmp_path, detectors=["logit_mahalanobis_logistic"],
+               adaptive_training_rounds=0)
+    assert one["markdown"].count("| default_supervised |") == 2 * 2 * len(ATTACK_MODES)
 
 
 def test_unknown_detector(digits, tmp_path):

@@ -299,7 +299,9 @@ def run_adaptive_benchmark(model, ref_images, ref_labels, train_images, train_la
                                         int(random_state) + 1000 + rnd)
                 X, y = np.vstack([X, Xa]), np.concatenate([y, ya])
             guards.close()
-    text = adaptive_markdown(cells, names, eps_list, int(adaptive_training_rounds), settings)
+    # every cell of the folder: earlier calls may have run other detectors or rounds
+    text = adaptive_markdown(cells, _detectors_in(cells, names), eps_list,
+                             _max_round(cells, int(adaptive_training_rounds)), settings)
     write_text_atomic(out / "adaptive.md", text)
     return {"cells": cells, "markdown": text,
             "paths": [str(cells_path), str(out / "adaptive.md")]}
@@ -338,6 +340,20 @@ def run_adaptive_cifar(depth, data_dir, *, weights=None, ref_per_class=500, n_tr
         model, f(ref), torch.from_numpy(ref_y), f(test[tr]), torch.from_numpy(test_y[tr]),
         f(test[ca]), f(test[ev]), torch.from_numpy(test_y[ev]), layers="cifar_resnet",
         random_state=random_state, **params)
+
+
+def _detectors_in(cells, names):
+    """``names`` first, then the other detectors of ``cells`` in their order."""
+    seen = list(names)
+    for key in cells:
+        det = key.split("|")[0]
+        if det not in seen:
+            seen.append(det)
+    return seen
+
+
+def _max_round(cells, rounds):
+    return max([rounds] + [int(key.split("|")[1]) for key in cells])
 
 
 def _fmt(v):
