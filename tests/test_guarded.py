@@ -264,3 +264,32 @@ def test_surrogate_keeps_values_and_adds_a_gradient(digits, fitted):
     assert not exact(xx)[1].requires_grad
     (grad,) = torch.autograd.grad(soft(xx)[1].sum(), xx)
     assert float(grad.abs().max()) > 0.0 and torch.isfinite(grad).all()
+
+
+def test_torch_compile_gives_the_same_outputs(digits, fitted):
+    """Under torch.compile (its graph capture and autograd tracing, aot_eager: no
+    C++ toolchain needed), forward and input gradients are the eager ones."""
+    guard = GuardedModel(digits["model"], fitted["pivots-centroid-euclidean-mlp"],
+                         layers=LAYERS)
+    compiled = torch.compile(guard, backend="aot_eager", dynamic=False)
+    x = digits["images"][:16].clone().requires_grad_(True)
+    logits, p = guard(x)
+    (g,) = torch.autograd.grad(p.sum(), x)
+    x2 = x.detach().clone().requires_grad_(True)
+    c_logits, c_p = compiled(x2)
+    (c_g,) = torch.autograd.grad(c_p.sum(), x2)
+    torch.testing.assert_close(c_logits, logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(c_p, p, rtol=0, atol=1e-5)
+    torch.testing.assert_close(c_g, g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_gives_the_cpu_outputs(digits, fitted):
+    guard = GuardedModel(digits["model"], fitted["make_detector-supervised"], layers=LAYERS)
+    x = digits["images"][:32]
+    with torch.no_grad():
+        cpu = guard(x)
+        gpu = guard.to("cuda")(x.to("cuda"))
+    guard.to("cpu")
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-4, atol=1e-4)
