@@ -57,8 +57,10 @@ image's later steps may follow another path.  Measured against torchattacks
 8/255 with 10 steps of 2/255: 1.0 % of the pixels at least one 8-bit level
 apart (MI-FGSM 0.41 %), gathered in 3.8 % (4.0 %) of the images, by 2 to 16
 levels, never outside the eps-ball, and the same success on every image.
-The torchattacks cross-check asserts at most 2 % of the pixels, 10 % of the
-images and 98 % agreement of the success masks (``_base.CHANNELS_LAST_TOLERANCE``).
+How often such a sign flips depends on the CPU (another machine's oneDNN
+kernels gave 3.5 % of the pixels in 10.2 % of 128 images for BIM), so the
+torchattacks cross-check asserts at most 6 % of the pixels, 20 % of the
+images and 95 % agreement of the success masks (``_base.CHANNELS_LAST_TOLERANCE``).
 Set ``sklearn_advdet.deep.attacks.CPU_CHANNELS_LAST = False`` for results
 identical to the contiguous layout (torchattacks' images to 1e-6).
 """

@@ -194,8 +194,11 @@ def _attack_mode(model):
 #: the share of pixels at least one 8-bit level apart, the share of images
 #: with any such pixel, the share of images whose success agrees.  Measured
 #: (benchmarks/results/bench_attacks.md) 1.0 %, 3.8 % and 100 % on 1,024 CIFAR
-#: test images; the cross-check test asserts these bounds.
-CHANNELS_LAST_TOLERANCE = {"pixels": 0.02, "images": 0.10, "success_agreement": 0.98}
+#: test images on the development machine, but 3.5 % of the pixels in 10.2 %
+#: of 128 images (BIM) on the CI machine: how often a numerically-zero
+#: gradient component changes sign depends on the CPU's oneDNN kernels, so
+#: the bounds the cross-check test asserts leave room for other CPUs.
+CHANNELS_LAST_TOLERANCE = {"pixels": 0.06, "images": 0.20, "success_agreement": 0.95}
 
 # models whose forward rejected a channels_last input (e.g. a ``.view`` of an
 # un-pooled feature map): they get contiguous input from then on
