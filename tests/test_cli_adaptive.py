@@ -34,3 +34,13 @@ def test_adaptive_on_resnet20(tmp_path, capsys, shared_data):
         assert 0 <= c["robust"] <= 1 and c["n"] <= 24
     assert "| logit_mahalanobis_logistic | 0 | adaptive | 8/255 |" in printed
     assert (out / "adaptive.md").read_text() in printed
+
+
+def test_help_names_the_detectors_attacked_by_default(capsys):
+    from sklearn_advdet.experiments.adaptive_eval import ADAPTIVE_DETECTORS
+
+    rc, printed, _ = _run(["benchmark", "--help"], capsys)
+    assert rc == 0
+    text = " ".join(printed.split())  # argparse wraps the group description
+    assert "(default: " + ", ".join(ADAPTIVE_DETECTORS) + ")" in text
+    assert "5% FPR" in text  # not argparse's unformatted '5%%'
