@@ -10,12 +10,10 @@ DONTNEED`` on its files only, so the fit reads from disk):
 
 - ``PivotEmbedder(pivots="centroid").fit(store)`` and a 10,000-query
   transform; the same for medoids (``--medoid``);
-- ``KNNClassScorer(layout, layers=[0], n_neighbors=1000, backend="exact")``
-  fit + 10,000 queries on the first ``--knn-scale`` share of the rows, given
-  the store's lazy view (the estimator validates, hence materialises, X);
-- the same search given the layer's memory-map itself
-  (``layer_sizes="single"``: what the scorer would do if it took the view's
-  block instead of a copy; majority scores, no logits).
+- ``KNNClassScorer(layers=[0], n_neighbors=1000, backend="exact")`` fitted
+  on the store (its first ``--knn-scale`` share of the rows), which searches
+  the layer's memory-map block by block without copying it, and a
+  10,000-query transform (the scores of the logits' predicted class).
 
 For every stage: wall time and the peak anonymous memory (``RssAnon`` of
 ``/proc/self/status``, sampled every 20 ms by a thread: the process's own
@@ -139,46 +137,32 @@ def run_pivots(store_path, Q, pivots, results):
         emb = PivotEmbedder(pivots=pivots).fit(open_store(store_path))
     with Stage(f"PivotEmbedder({pivots}) transform {len(Q):,}", results, queries=len(Q)):
         Z = emb.transform(Q)
-    assert Z.shape == (len(Q), N_CLASSES) and np.isfinite(Z).all()
+    assert Z.shape[0] == len(Q) and np.isfinite(Z).all()
     return emb
 
 
-def run_knn_layout(store_path, Q, n_rows, results):
-    """The scorer as documented, given the store's lazy view of the first rows."""
+def run_knn(store_path, Q, n_rows, results):
+    """The scorer as documented, fitted on the store (its first ``n_rows`` rows)."""
     from sklearn_advdet import KNNClassScorer
     from sklearn_advdet._layered import LayeredView
     from sklearn_advdet.store import open_store
 
     store = open_store(store_path)
-    full = LayeredView.from_store(store)
-    view = LayeredView([full.block(i)[:n_rows] for i in range(2)], layout=full.layout)
-    labels = np.asarray(store.labels[:n_rows])
+    if n_rows == len(store.labels):
+        reference, labels = store, None  # the store itself: labels and layout from it
+    else:  # the first rows: a view of the memmaps' slices (still no copy)
+        full = LayeredView.from_store(store)
+        reference = LayeredView([full.block(i)[:n_rows] for i in range(2)],
+                                layout=full.layout)
+        labels = np.asarray(store.labels[:n_rows])
     drop_page_cache(store_path)
-    with Stage(f"KNNClassScorer(layout) fit on the view, {n_rows:,} rows", results):
-        knn = KNNClassScorer(store.layout, layers=[0], n_neighbors=1000,
-                             backend="exact").fit(view, labels)
-    with Stage(f"KNNClassScorer(layout) transform {len(Q):,}", results, refs=n_rows,
+    with Stage(f"KNNClassScorer fit on the store, {n_rows:,} rows", results):
+        knn = KNNClassScorer(layers=[0], n_neighbors=1000, backend="exact",
+                             n_jobs=2).fit(reference, labels)
+    assert isinstance(knn._indexes[0].data, np.memmap)  # searched in place, not copied
+    with Stage(f"KNNClassScorer transform {len(Q):,}", results, refs=n_rows,
                queries=len(Q)):
         scores = knn.transform(Q)
-    assert np.isfinite(scores).all()
-
-
-def run_knn_memmap(store_path, Q, n_rows, results):
-    """The same exact search given the layer's memory-map (no copy of it)."""
-    from sklearn_advdet import KNNClassScorer
-    from sklearn_advdet._layered import LayeredView
-    from sklearn_advdet.store import open_store
-
-    store = open_store(store_path)
-    layer = LayeredView.from_store(store).block(0)[:n_rows]
-    labels = np.asarray(store.labels[:n_rows])
-    drop_page_cache(store_path)
-    with Stage(f"KNNClassScorer('single') fit on the layer memmap, {n_rows:,} rows",
-               results):
-        knn = KNNClassScorer("single", n_neighbors=1000, backend="exact").fit(layer, labels)
-    with Stage(f"KNNClassScorer('single') transform {len(Q):,}", results, refs=n_rows,
-               queries=len(Q)):
-        scores = knn.transform(Q[:, :DIM])
     assert np.isfinite(scores).all()
 
 
@@ -195,7 +179,7 @@ def write_report(out, args, n, write_s, store_bytes, results):
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}  ",
         f"Command: `python benchmarks/bench_out_of_core.py --scale {args.scale}"
         + (" --medoid" if args.medoid else "") + f" --knn-scale {args.knn_scale} "
-        f"--memmap-knn-scale {args.memmap_knn_scale} --queries {args.queries}`  ",
+        f"--queries {args.queries}`  ",
         f"Store: {n:,} x {DIM:,} float32 features + {N_CLASSES:,} logits, {N_CLASSES:,} "
         f"classes, {store_bytes / 1e9:.2f} GB on disk, written chunk by chunk "
         f"({args.chunk_size:,} rows) in {write_s:.0f} s; queries: {args.queries:,} "
@@ -237,11 +221,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dir", default="/work/cache/ooc")
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--knn-scale", type=float, default=0.05,
-                        help="share of the full size indexed by the documented kNN "
-                        "scorer, which materialises X (0: skip)")
-    parser.add_argument("--memmap-knn-scale", type=float, default=1.0,
-                        help="share of the full size indexed by the memmap kNN stage "
+    parser.add_argument("--knn-scale", type=float, default=1.0,
+                        help="share of the store's rows indexed by KNNClassScorer "
                         "(0: skip)")
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--chunk-size", type=int, default=8192)
@@ -252,7 +233,6 @@ def main():
     args = parser.parse_args()
     n = max(2 * N_CLASSES, int(round(N_TRAIN * args.scale)))
     n_knn = min(n, int(round(N_TRAIN * args.knn_scale)))
-    n_mm = min(n, int(round(N_TRAIN * args.memmap_knn_scale)))
     path = Path(args.dir) / "reference"
     results = []
     try:
@@ -268,9 +248,7 @@ def main():
         if args.medoid:
             run_pivots(path, Q, "medoid", results)
         if n_knn:
-            run_knn_layout(path, Q, n_knn, results)
-        if n_mm:
-            run_knn_memmap(path, Q, n_mm, results)
+            run_knn(path, Q, n_knn, results)
     finally:
         if results:
             write_report(args.out, args, n, locals().get("write_s", float("nan")),

@@ -215,6 +215,32 @@ class LayeredView:
         return arr
 
 
+    def aligned_block(self, cols):
+        """The block holding exactly the columns ``cols`` (a slice), or None.
+
+        The block itself (see :meth:`block`), after a chunked pass that
+        checks its values are finite when ``check_finite`` (a ValueError
+        naming the block otherwise): what an exact k-NN index of one layer
+        keeps, never a copy.  None when no single block holds exactly those
+        columns.
+        """
+        start, stop = self._columns(cols)
+        for i in range(len(self._blocks)):
+            if (self._edges[i], self._edges[i + 1]) != (start, stop):
+                continue
+            arr = self.block(i)
+            if self.check_finite:
+                step = max(1, _CHUNK_BYTES // (8 * max(arr.shape[1], 1)))
+                for a in range(0, arr.shape[0], step):
+                    if not np.isfinite(arr[a : a + step]).all():
+                        raise ValueError(
+                            f"the reference block {self._names[i]!r} holds NaN or "
+                            "infinite values: recompute those features (or drop the "
+                            "rows) before fitting")
+            return arr
+        return None
+
+
 def _rebuild(blocks, layout, names, dtype, check_finite):
     return LayeredView(blocks, layout=layout, names=names, dtype=dtype,
                        check_finite=check_finite)

@@ -32,6 +32,7 @@ from ._layout import FeatureLayout, check_layout
 from ._validation import check_class_targets
 from .search import BACKENDS, SEARCH_PARAMS_DOC, deterministic_backend
 from .search._layers import LayerIndexMixin, fit_preprocessing
+from ._layered import validate_view
 from .search.exact import _ExactIndex  # noqa: F401  (sklearn_advdet._density imports it)
 from .thresholds import ScoreThresholdDetector  # its former home; kept importable
 
@@ -297,24 +298,37 @@ class KNNClassScorer(LayerIndexMixin, TransformerMixin, BaseEstimator):
 
     # -------------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y=None):
         """Index the reference set (the classifier's training-set features).
 
         Parameters
         ----------
-        X : array-like of shape (n_ref, n_features)
+        X : array-like of shape (n_ref, n_features), FeatureStore or LayeredView
             Reference features laid out as ``layer_sizes`` says (logits last;
-            the logits are not used in fit).
+            the logits are not used in fit).  A feature store (or a
+            ``sklearn_advdet._layered.LayeredView`` of one) is indexed out of
+            core: with ``preprocessing=None`` and the exact backend each
+            layer's memory-map is searched block by block and never loaded
+            (float16 stores are widened per block; the neighbours equal those
+            of the in-memory fit); with preprocessing, one layer at a time
+            is read into memory; ``backend="faiss"`` copies each layer into
+            its index.  ``layer_sizes=None`` takes the store's layout.
         y : array-like of shape (n_ref,)
-            Class index of every reference sample (its logit column).
+            Class index of every reference sample (its logit column); for a
+            store, its ``labels`` by default.
 
         Returns
         -------
         self : KNNClassScorer
         """
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=False)
-        single = isinstance(self.layer_sizes, str) and self.layer_sizes == "single"
-        layout = check_layout(self.layer_sizes, X.shape[1], need_logits=not single,
+        view = validate_view(self, X, y, labels=True)  # a feature store: out of core
+        X, y = view or validate_data(self, X, y, dtype=[np.float64, np.float32],
+                                     y_numeric=False)
+        sizes = self.layer_sizes
+        if view and sizes is None and X.layout is not None:
+            sizes = X.layout  # a store says its own layout
+        single = isinstance(sizes, str) and sizes == "single"
+        layout = check_layout(sizes, X.shape[1], need_logits=not single,
                               estimator="KNNClassScorer")
         if layout.has_logits:
             y = _check_class_labels(y, layout.n_logits)
@@ -328,7 +342,8 @@ class KNNClassScorer(LayerIndexMixin, TransformerMixin, BaseEstimator):
         n_ref = X.shape[0]
         k = min(self.n_neighbors, n_ref)
         rng = check_random_state(self.random_state)
-        preprocessors, indexes = self._index_layers(X, layout, layers, rng, self._preprocess)
+        preprocessors, indexes = self._index_layers(
+            X, layout, layers, rng, None if self.preprocessing is None else self._preprocess)
         self.layout_ = layout
         self.layers_ = layers
         self.n_neighbors_ = int(k)

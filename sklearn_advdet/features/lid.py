@@ -23,6 +23,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._layered import validate_view
 from .._layout import FeatureLayout, check_layout
 from ..search import BACKENDS, SEARCH_PARAMS_DOC, deterministic_backend
 from ..search._layers import LayerIndexMixin
@@ -161,8 +162,10 @@ class LIDScorer(LayerIndexMixin, TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_ref, n_features)
-            Reference features laid out as ``layer_sizes`` says.
+        X : array-like of shape (n_ref, n_features), FeatureStore or LayeredView
+            Reference features laid out as ``layer_sizes`` says; a feature
+            store is indexed out of core as by :meth:`KNNClassScorer.fit`
+            (``layer_sizes=None`` takes its layout).
         y : None
             Ignored (the estimate uses no labels).
 
@@ -170,8 +173,18 @@ class LIDScorer(LayerIndexMixin, TransformerMixin, BaseEstimator):
         -------
         self : LIDScorer
         """
-        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=3)
-        layout = check_layout(self.layer_sizes, X.shape[1], estimator="LIDScorer")
+        view = validate_view(self, X)  # a feature store: out of core
+        if view:
+            X = view[0]
+            if X.shape[0] < 3:
+                raise ValueError(f"Found array with {X.shape[0]} sample(s) while a "
+                                 "minimum of 3 is required by LIDScorer.")
+        else:
+            X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=3)
+        sizes = self.layer_sizes
+        if view and sizes is None and X.layout is not None:
+            sizes = X.layout  # a store says its own layout
+        layout = check_layout(sizes, X.shape[1], estimator="LIDScorer")
         layers = layout.select(self.layers)
         rng = check_random_state(self.random_state)
         _, indexes = self._index_layers(X, layout, layers, rng)

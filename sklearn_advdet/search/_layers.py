@@ -61,6 +61,21 @@ def apply_preprocessing(state, Z):
     return state.transform(Z).astype(Z.dtype, copy=False)
 
 
+def _layer_block(X, layout, layer, as_is):
+    """The layer's own block of an out-of-core ``X`` (a read-only memmap), or None.
+
+    Only for a :class:`~sklearn_advdet._layered.LayeredView` with one block
+    holding exactly that layer's columns, and only when the index takes the
+    rows as they are (``as_is``: no preprocessing).  Everything else gets
+    None (the caller reads the layer's columns).
+    """
+    from .._layered import LayeredView
+
+    if not (as_is and isinstance(X, LayeredView)):
+        return None
+    return X.aligned_block(layout.slice_of(layer))
+
+
 class LayerIndexMixin:
     """One k-NN index per selected hidden layer.
 
@@ -74,16 +89,23 @@ class LayerIndexMixin:
         """``(preprocessors, indexes)`` of the hidden layers ``layers`` of ``X``.
 
         ``preprocess(Z, rng) -> (state, Z)`` is fitted on each layer's
-        reference block before it is indexed (none when None).
+        reference block before it is indexed (none when None).  ``X`` may be
+        a :class:`~sklearn_advdet._layered.LayeredView` of a feature store:
+        without preprocessing each layer's memory-map is indexed as it is
+        (out of core); with it, one layer at a time is read into memory.
         """
         preprocessors, indexes = [], []
         for layer in layers:
-            Z = np.ascontiguousarray(X[:, layout.slice_of(layer)])
             state = None
-            if preprocess is not None:
-                state, Z = preprocess(Z, rng)
+            Z = _layer_block(X, layout, layer, preprocess is None)
+            if Z is None:
+                Z = np.ascontiguousarray(X[:, layout.slice_of(layer)])
+                if preprocess is not None:
+                    state, Z = preprocess(Z, rng)
+                Z = np.ascontiguousarray(Z)
+            # else a store's C-ordered memory-map, kept as one (read block by block)
             indexes.append(make_index(
-                self.backend, np.ascontiguousarray(Z), n_jobs=self.n_jobs,
+                self.backend, Z, n_jobs=self.n_jobs,
                 random_state=rng, params=self.backend_params,
             ))
             preprocessors.append(state)

@@ -26,6 +26,9 @@ _CENTRE_RATIO = 4.0
 # at 50,000 x 64 and 1,000,000 x 256 with 40-45 % less extra memory.
 _SCREEN_ENTRIES = 2**21
 _QUERY_CHUNK = 128
+# passes over the whole reference set (norms, mean) read this many bytes of
+# float64 at a time, so an out-of-core set never enters memory whole
+_READ_BYTES = 2**26
 
 
 def exact_row(q, R, sqnorm, k):
@@ -37,8 +40,12 @@ def exact_row(q, R, sqnorm, k):
     """
     q64 = q.astype(np.float64)
     qn = float(q64 @ q64)
-    approx = sqnorm - 2.0 * (R @ q.astype(R.dtype)).astype(np.float64) + qn
-    eps = np.finfo(R.dtype).eps
+    work = _work_dtype(R.dtype)
+    qw = q.astype(work)
+    dots = np.concatenate([_rows(R, a, b, work) @ qw for a, b in _spans(R, qw.size)]
+                          or [np.empty(0, work)])
+    approx = sqnorm - 2.0 * dots.astype(np.float64) + qn
+    eps = np.finfo(work).eps
     bound = 4.0 * R.shape[1] * eps * (np.sqrt(sqnorm.max() * qn) + sqnorm.max() + qn) + 1e-300
     kth = np.partition(approx, k - 1)[k - 1]
     cand = np.flatnonzero(approx <= kth + 2.0 * bound)
@@ -83,30 +90,58 @@ class ExactIndex:
 
     def __init__(self, data, n_jobs=None, screen=None):
         self.data = data
-        self.sqnorm = np.einsum("ij,ij->i", data, data, dtype=np.float64)
         self.n_jobs = n_jobs
+        # an in-memory float32/float64 array is screened as it is (or as one
+        # centred copy); anything else (a feature store's memory-map, a
+        # float16 block) is read block by block, centred and widened per
+        # block, and never copied whole
+        work = _work_dtype(data.dtype)
+        self._in_memory = (type(data) is np.ndarray and data.dtype == work)
+        self.sqnorm = np.concatenate(
+            [np.einsum("ij,ij->i", _rows(data, a, b, work), _rows(data, a, b, work),
+                       dtype=np.float64) for a, b in _spans(data)] or [np.empty(0)])
         # The screening window grows with the largest norm: references far
         # from the origin (their mean dwarfs their spread) are screened as a
         # centred copy, which narrows it (distances do not change).
-        self._shift, screen_copy = None, data
+        self._shift = None
+        sq = self.sqnorm
         if data.shape[0]:
-            # any centre gives the same distances: the mean by one BLAS GEMV,
-            # and the centred norms from |x|^2 - 2 x.mu + |mu|^2 (only to
-            # decide; their rounding does not matter)
-            mu = np.ones(data.shape[0], dtype=data.dtype) @ data / data.dtype.type(data.shape[0])
-            centred = self.sqnorm - 2.0 * (data @ mu) + float(mu @ mu)
+            # any centre gives the same distances: the float64 mean, and the
+            # centred norms from |x|^2 - 2 x.mu + |mu|^2 (only to decide;
+            # their rounding does not matter)
+            total = np.zeros(data.shape[1])
+            for a, b in _spans(data):
+                total += _rows(data, a, b, work).sum(axis=0, dtype=np.float64)
+            mu = (total / data.shape[0]).astype(work)
+            xmu = np.concatenate([_rows(data, a, b, work) @ mu for a, b in _spans(data)])
+            centred = self.sqnorm - 2.0 * xmu + float(mu @ mu)
             if self.sqnorm.max() > _CENTRE_RATIO * max(float(centred.max()), 0.0):
                 self._shift = mu
-                screen_copy = data - mu
-        self._screen_data = screen_copy
-        if screen_copy is data:
-            sq = self.sqnorm
-        else:
-            sq = np.einsum("ij,ij->i", screen_copy, screen_copy, dtype=np.float64)
-        self._sq = sq.astype(data.dtype)
+                sq = np.concatenate([_row_sqnorms(_rows(data, a, b, work) - mu)
+                                     for a, b in _spans(data)])
+        # the screening copy: the data (shifted once) in memory, else None
+        # (each screened block is read, widened and shifted on the fly)
+        self._screen_data = None
+        if self._in_memory:
+            self._screen_data = data if self._shift is None else data - self._shift
+        self._sq = sq.astype(work)
         self._rmax = math.sqrt(float(sq.max())) if data.shape[0] else 0.0
-        # optional external screener (faiss flat) of the same screening copy
-        self._screener = None if screen is None else screen(screen_copy, n_jobs)
+        # optional external screener (faiss flat) of the same screening copy:
+        # it holds its own copy of the references in memory
+        self._screener = None
+        if screen is not None:
+            copy = self._screen_data
+            if copy is None:
+                copy = np.asarray(data, dtype=work)
+                copy = copy if self._shift is None else copy - self._shift
+            self._screener = screen(copy, n_jobs)
+
+    def _screen_block(self, start, stop):
+        """Screening rows ``start:stop``: in memory a view, else read and centred."""
+        if self._screen_data is not None:
+            return self._screen_data[start:stop]
+        block = _rows(self.data, start, stop, _work_dtype(self.data.dtype))
+        return block if self._shift is None else block - self._shift
 
     def query(self, Q, k):
         """k nearest references of every row of ``Q``.
@@ -138,18 +173,17 @@ class ExactIndex:
         return np.concatenate([p[1] for p in parts]), np.concatenate([p[0] for p in parts])
 
     def _centred(self, Q):
-        Qw = np.asarray(Q, dtype=self.data.dtype)
+        Qw = np.asarray(Q, dtype=_work_dtype(self.data.dtype))
         return Qw if self._shift is None else Qw - self._shift
 
     def _screen(self, Qw, M):
         """The M smallest ``|r|^2 - 2 q.r`` per query (values, indices), unsorted."""
-        R = self._screen_data
-        n_ref = R.shape[0]
+        n_ref = self.data.shape[0]
         block = min(n_ref, max(2 * M, _SCREEN_ENTRIES // max(Qw.shape[0], 1)))
         Qm2 = Qw * Qw.dtype.type(-2.0)  # exact: a power-of-2 scaling
         best_v = best_i = None
         for start in range(0, n_ref, block):
-            V = Qm2 @ R[start : start + block].T
+            V = Qm2 @ self._screen_block(start, start + block).T
             V += self._sq[start : start + block]
             vals, idx = _smallest(V, M)
             idx = idx + start
@@ -171,7 +205,7 @@ class ExactIndex:
             order = np.argsort(vals, axis=1)
             vals = _take_rows(vals, order).astype(np.float64)
             cand = _take_rows(cand, order)
-            bound = safe_gamma(d + 2, R.dtype) * (self._rmax**2 + 2.0 * q_norm * self._rmax)
+            bound = safe_gamma(d + 2, Qw.dtype) * (self._rmax**2 + 2.0 * q_norm * self._rmax)
         else:  # sorted squared distances of the screener, with its own error bound
             vals, cand = screened
             bound = self._screener.error_bound(q_norm, self._rmax, d)
@@ -198,6 +232,27 @@ class ExactIndex:
             for r in np.flatnonzero(inside >= M):
                 idx[r], out[r] = exact_row(Q[r], R, self.sqnorm, k)
         return idx, out
+
+
+def _work_dtype(dtype):
+    """The precision a block of ``dtype`` is screened in: float64 stays, others float32."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def _spans(data, width=None):
+    """Row ranges of ``data`` holding about ``_READ_BYTES`` each."""
+    d = max(1, data.shape[1] if width is None else width)
+    step = max(1, _READ_BYTES // (8 * d))
+    return [(a, min(a + step, data.shape[0])) for a in range(0, data.shape[0], step)]
+
+
+def _rows(data, start, stop, dtype):
+    """Rows ``start:stop`` of ``data`` in ``dtype`` (a view when no cast is needed)."""
+    return np.asarray(data[start:stop], dtype=dtype)
+
+
+def _row_sqnorms(Z):
+    return np.einsum("ij,ij->i", Z, Z, dtype=np.float64)
 
 
 def _smallest(V, M):
