@@ -570,3 +570,30 @@ def test_read_only_images_extract_without_a_warning():
     labels.flags.writeable = False
     fx = FeatureExtractor(tiny_cnn(), layers=["0"], device="cpu", progress=False)
     np.testing.assert_array_equal(fx.extract(x, labels=labels).X, fx.extract(x.copy()).X)
+
+
+def test_float16_store_holds_the_float32_values_rounded(tmp_path):
+    from sklearn_advdet.store import open_store
+
+    model, x = tiny_cnn(), torch.rand(11, 3, 8, 8)
+    fx = FeatureExtractor(model, layers=["0", "3"], device="cpu", progress=False)
+    full = fx.extract_to_store(x, tmp_path / "f32", chunk_size=4)
+    half = fx.extract_to_store(x, tmp_path / "f16", chunk_size=4, dtype="float16")
+    assert half.layer(0).dtype == np.float16 and half.logits.dtype == np.float16
+    for i in range(2):
+        np.testing.assert_array_equal(half.layer(i), full.layer(i).astype(np.float16))
+    np.testing.assert_array_equal(half.logits, full.logits.astype(np.float16))
+    # a resume must ask for the same precision
+    from sklearn_advdet.store import StoreError
+    with pytest.raises(StoreError, match="dtype"):
+        fx.extract_to_store(x, tmp_path / "f16", chunk_size=4)
+    with pytest.raises(ValueError, match="'float32' or 'float16'"):
+        fx.extract_to_store(x, tmp_path / "bad", dtype="int8")
+    assert not (tmp_path / "bad").exists()
+    # features beyond float16's range are refused, never stored as inf
+    with torch.no_grad():
+        model[0].weight.mul_(1e6)
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        fx.extract_to_store(x, tmp_path / "big", chunk_size=4, dtype="float16")
+    assert not (tmp_path / "big").exists()
+    assert open_store(tmp_path / "f16").layer(0).dtype == np.float16
