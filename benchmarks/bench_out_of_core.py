@@ -166,6 +166,32 @@ def run_knn(store_path, Q, n_rows, results):
     assert np.isfinite(scores).all()
 
 
+def run_knn_faiss(store_path, Q, n_rows, results):
+    """Exact search (out of core) vs faiss flat (its own in-memory copy), same queries.
+
+    Both give the exact answer (faiss flat screens, the package re-ranks), so
+    the scores must be equal; the stages time the two searches side by side.
+    """
+    from sklearn_advdet import KNNClassScorer
+    from sklearn_advdet.store import open_store
+
+    store = open_store(store_path)
+    exact = KNNClassScorer(layers=[0], n_neighbors=1000, backend="exact", n_jobs=2)
+    exact.fit(store)
+    with Stage(f"exact search, {len(Q):,} queries (no copy of the references)", results):
+        a = exact.transform(Q)
+    del exact
+    with Stage(f"KNNClassScorer(backend='faiss') fit, {n_rows:,} rows (faiss's copy)",
+               results):
+        flat = KNNClassScorer(layers=[0], n_neighbors=1000, backend="faiss",
+                              n_jobs=2).fit(open_store(store_path))
+    with Stage(f"faiss flat search, {len(Q):,} queries", results):
+        b = flat.transform(Q)
+    results[-1]["note"] = ("scores equal to the exact search" if np.array_equal(a, b)
+                           else f"scores differ in {int((a != b).any(axis=1).sum())} rows")
+    print(results[-1]["note"])
+
+
 # ------------------------------------------------------------------ report
 def write_report(out, args, n, write_s, store_bytes, results):
     load = os.getloadavg()
@@ -179,7 +205,8 @@ def write_report(out, args, n, write_s, store_bytes, results):
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}  ",
         f"Command: `python benchmarks/bench_out_of_core.py --scale {args.scale}"
         + (" --medoid" if args.medoid else "") + f" --knn-scale {args.knn_scale} "
-        f"--queries {args.queries}`  ",
+        f"--queries {args.queries}"
+        + (f" --faiss-queries {args.faiss_queries}" if args.faiss_queries else "") + "`  ",
         f"Store: {n:,} x {DIM:,} float32 features + {N_CLASSES:,} logits, {N_CLASSES:,} "
         f"classes, {store_bytes / 1e9:.2f} GB on disk, written chunk by chunk "
         f"({args.chunk_size:,} rows) in {write_s:.0f} s; queries: {args.queries:,} "
@@ -194,7 +221,8 @@ def write_report(out, args, n, write_s, store_bytes, results):
         "|---|---:|---:|---:|---:|",
     ]
     for r in results:
-        lines.append(f"| {r['stage']}{' (failed)' if r['failed'] else ''} | "
+        lines.append(f"| {r['stage']}{' (failed)' if r['failed'] else ''}"
+                     f"{'; ' + r['note'] if r.get('note') else ''} | "
                      f"{r['wall']:.1f} | {r['anon'] / 2**20:,.0f} | "
                      f"{r['file'] / 2**20:,.0f} | {r['load']:.2f} |")
     lines += ["", "## Extrapolation to the 50,000 ImageNet validation images", ""]
@@ -225,6 +253,10 @@ def main():
                         help="share of the store's rows indexed by KNNClassScorer "
                         "(0: skip)")
     parser.add_argument("--queries", type=int, default=10_000)
+    parser.add_argument("--faiss-queries", type=int, default=0,
+                        help="also time the exact search against faiss flat on this "
+                        "many queries over the whole store (faiss holds a copy: "
+                        "needs the store's size in free memory; 0: skip)")
     parser.add_argument("--chunk-size", type=int, default=8192)
     parser.add_argument("--medoid", action="store_true")
     parser.add_argument("--keep", action="store_true")
@@ -249,6 +281,8 @@ def main():
             run_pivots(path, Q, "medoid", results)
         if n_knn:
             run_knn(path, Q, n_knn, results)
+        if args.faiss_queries:
+            run_knn_faiss(path, Q[: args.faiss_queries], n, results)
     finally:
         if results:
             write_report(args.out, args, n, locals().get("write_s", float("nan")),
