@@ -175,3 +175,20 @@ def test_view_without_aligned_blocks_is_read_per_layer(store):
     b = KNNClassScorer(st.layout, layers=[0, 1], n_neighbors=5, backend="exact").fit(st.X, y)
     Q = _queries(X, logits)
     np.testing.assert_array_equal(a.transform(Q), b.transform(Q))
+
+
+def test_a_fitted_scorer_keeps_its_references_when_the_store_is_rewritten(tmp_path):
+    # the index maps the store's layer file: rewriting the store (resume=False)
+    # removes the old files and writes new ones, so the fitted scorer keeps
+    # reading the old values (an in-place truncation would change them, or
+    # crash the reader with SIGBUS when the file shrinks)
+    path = tmp_path / "ref"
+    X, logits, y = _write_store(path, n=150, seed=0)
+    knn = KNNClassScorer(layers=["conv", "fc"], n_neighbors=7, backend="exact")
+    knn.fit(open_store(path))
+    Q = _queries(X, logits)
+    before = knn.transform(Q)
+    X2, _, _ = _write_store(path, n=150, seed=5)  # other values, same shapes
+    assert not np.array_equal(open_store(path).layer("conv"), X[:, :6])
+    np.testing.assert_array_equal(knn.transform(Q), before)
+    np.testing.assert_array_equal(knn._indexes[0].data, X[:, :6])
