@@ -1,6 +1,6 @@
 """The embedded end-to-end demo behind ``advdet demo``.
 
-Digits CNN -> every attack family -> deep features -> PivotEmbedder with the
+Digits CNN -> the digits set's attacks -> deep features -> PivotEmbedder with the
 LSTM and MLP detectors, and KNNClassScorer -> per-attack AUC table, ROC and
 score-density plots, JSON report.
 """
