@@ -84,6 +84,20 @@ def _set_sweep(index, method, value):
 
 
 def _rss_mib():
+    """Peak resident memory of this process (MiB).
+
+    VmHWM of /proc/self/status: the high-water mark of this process's own
+    address space.  ``ru_maxrss`` is not used where /proc is: Linux carries
+    it over an exec, so a subprocess started by a parent holding the data
+    set reports the parent's resident size as its own peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     # ru_maxrss is KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
