@@ -72,8 +72,12 @@ class ExactIndex:
     from coordinate differences and are ordered by (distance, reference
     index).  A query with ``M`` candidates inside the window (too many ties
     for the margin) is redone by a full exact scan (:func:`exact_row`).
-    References far from the origin are screened as a centred copy (memory:
-    one more copy of the references), which keeps the window narrow.
+    References far from the origin are screened centred, which keeps the
+    window narrow: an in-memory float32/float64 array as one centred copy
+    (memory: one more copy of the references); any other ``data`` (a
+    feature store's memory-map, a float16 array) block by block, each block
+    read, widened to float32 and centred on the fly, so the references are
+    never loaded whole (memory: the norms, 8 bytes a row, and one block).
 
     Query chunks are joblib tasks (:func:`._chunks.map_chunks`: ``n_jobs``
     threads with a single-threaded BLAS each by default, as many as the BLAS
