@@ -3,8 +3,6 @@ feature store search each layer's memmap block by block (never loaded, float16
 widened per block) and find the neighbours of the in-memory fit; the exact
 search on a memmap is checked against brute force in float64."""
 
-import tracemalloc
-
 import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
@@ -15,7 +13,7 @@ from sklearn_advdet import KNNClassScorer, LIDScorer
 from sklearn_advdet._layered import LayeredView
 from sklearn_advdet.search.exact import ExactIndex
 from sklearn_advdet.store import open_store
-from test_out_of_core import N_CLASSES, _write_store
+from test_out_of_core import N_CLASSES, _peak, _write_store
 
 
 def _brute(R, Q, k):
@@ -112,15 +110,6 @@ def test_float16_store_is_widened_per_block(tmp_path):
                          backend="exact").fit(np.asarray(st.X, np.float32), y)
     Q = _queries(X.astype(np.float32), logits.astype(np.float32))
     np.testing.assert_array_equal(ooc.transform(Q), mem.transform(Q))
-
-
-def _peak(fn):
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def test_fit_memory_stays_bounded(tmp_path, monkeypatch):
