@@ -31,7 +31,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from ._layout import FeatureLayout, check_layout
 from ._validation import check_class_targets
 from .search import BACKENDS, SEARCH_PARAMS_DOC, deterministic_backend
-from .search._layers import LayerIndexMixin, fit_preprocessing
+from .search._layers import LayerIndexMixin, fit_preprocessing, fit_preprocessing_view
 from ._layered import validate_view
 from .search.exact import _ExactIndex  # noqa: F401  (sklearn_advdet._density imports it)
 from .thresholds import ScoreThresholdDetector  # its former home; kept importable
@@ -296,6 +296,10 @@ class KNNClassScorer(LayerIndexMixin, TransformerMixin, BaseEstimator):
     def _preprocess(self, Z, rng):
         return fit_preprocessing(self.preprocessing, Z, rng, self.n_components, self.whiten)
 
+    def _preprocess_view(self, view, cols, rng):
+        return fit_preprocessing_view(self.preprocessing, view, cols, rng,
+                                      self.n_components, self.whiten)
+
     # -------------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -310,9 +314,13 @@ class KNNClassScorer(LayerIndexMixin, TransformerMixin, BaseEstimator):
             core: with ``preprocessing=None`` and the exact backend each
             layer's memory-map is searched block by block and never loaded
             (float16 stores are widened per block; the neighbours equal those
-            of the in-memory fit); with preprocessing, one layer at a time
-            is read into memory; ``backend="faiss"`` copies each layer into
-            its index.  ``layer_sizes=None`` takes the store's layout.
+            of the in-memory fit); ``preprocessing="pca"`` is fitted by an
+            incremental PCA over chunks (the batch PCA's result when every
+            component is kept, an approximation of it when truncated) and
+            keeps only the projected rows (``n_components`` wide) in memory,
+            ``"l2"`` a normalised copy of
+            each layer; ``backend="faiss"`` copies each layer into its
+            index.  ``layer_sizes=None`` takes the store's layout.
         y : array-like of shape (n_ref,)
             Class index of every reference sample (its logit column); for a
             store, its ``labels`` by default.
@@ -343,7 +351,8 @@ class KNNClassScorer(LayerIndexMixin, TransformerMixin, BaseEstimator):
         k = min(self.n_neighbors, n_ref)
         rng = check_random_state(self.random_state)
         preprocessors, indexes = self._index_layers(
-            X, layout, layers, rng, None if self.preprocessing is None else self._preprocess)
+            X, layout, layers, rng, None if self.preprocessing is None else self._preprocess,
+            None if self.preprocessing is None else self._preprocess_view)
         self.layout_ = layout
         self.layers_ = layers
         self.n_neighbors_ = int(k)

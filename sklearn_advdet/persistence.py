@@ -73,6 +73,7 @@ SKLEARN_CLASSES = frozenset({
     "sklearn.preprocessing._data.Normalizer",
     "sklearn.preprocessing._label.LabelEncoder",
     "sklearn.decomposition._pca.PCA",
+    "sklearn.decomposition._incremental_pca.IncrementalPCA",
     "sklearn.linear_model._logistic.LogisticRegression",
     "sklearn.ensemble._hist_gradient_boosting.gradient_boosting."
     "HistGradientBoostingClassifier",

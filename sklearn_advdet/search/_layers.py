@@ -13,7 +13,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import make_index
 
-__all__ = ["LayerIndexMixin", "fit_preprocessing", "apply_preprocessing"]
+__all__ = ["LayerIndexMixin", "fit_preprocessing", "fit_preprocessing_view",
+           "apply_preprocessing"]
 
 
 def l2_normalize(Z):
@@ -52,6 +53,66 @@ def fit_preprocessing(kind, Z, rng, n_components=256, whiten=True):
     return pca, Zt.astype(Z.dtype, copy=False)
 
 
+def fit_preprocessing_view(kind, view, cols, rng, n_components=256, whiten=True):
+    """:func:`fit_preprocessing` of one layer of an out-of-core ``view``, chunk by chunk.
+
+    ``"l2"`` normalises the rows chunk by chunk into one in-memory array
+    (the layer's size; equal to the in-memory result).  ``"pca"`` is fitted
+    by :class:`sklearn.decomposition.IncrementalPCA` over chunks of at least
+    ``n_components`` rows and the projected rows (``n_components`` wide)
+    are written chunk by chunk: the layer itself is never loaded.  Keeping
+    every component (``n_components`` >= the width), the incremental fit
+    equals the batch PCA up to rounding and the components' signs, so the
+    distances and neighbours agree; truncated, it carries only the leading
+    components from chunk to chunk, an approximation of the batch PCA
+    (tested: 97 % of the neighbours shared on a 6 -> 4 example).
+    """
+    from .._layered import _CHUNK_BYTES
+
+    n = view.shape[0]
+    start, stop, _ = cols.indices(view.shape[1])
+    d = stop - start
+    step = max(1, _CHUNK_BYTES // (8 * max(d, 1)))
+    if kind == "l2":
+        out = np.empty((n, d), dtype=view.dtype)
+        for a in range(0, n, step):
+            out[a : a + step] = l2_normalize(view[a : a + step, cols])
+        return "l2", out
+    if n < 2:
+        raise ValueError(
+            f"preprocessing='pca' needs at least 2 reference rows, got {n}: "
+            "pass more reference samples or preprocessing=None / 'l2'"
+        )
+    from sklearn.decomposition import IncrementalPCA
+
+    n_comp = min(n_components, d, n - 1)
+    step = max(step, n_comp)
+    # every partial fit needs at least n_comp rows: a short last chunk joins
+    # the one before it
+    bounds = list(range(0, n, step))
+    if len(bounds) > 1 and n - bounds[-1] < n_comp:
+        bounds.pop()
+    spans = [(a, bounds[i + 1] if i + 1 < len(bounds) else n) for i, a in enumerate(bounds)]
+    pca = IncrementalPCA(n_components=n_comp, whiten=whiten)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for a, b in spans:
+            pca.partial_fit(view[a:b, cols])
+    zero = int(np.sum(~(pca.explained_variance_ > 0))) if whiten else 0
+    if zero:
+        raise ValueError(
+            f"PCA whitening needs components with variance, but {zero} of the "
+            f"{n_comp} have none in this layer's reference set: lower n_components, "
+            "use whiten=False or preprocessing='l2'"
+        )
+    out = np.empty((n, n_comp), dtype=view.dtype)
+    for a, b in spans:
+        out[a:b] = pca.transform(view[a:b, cols])
+    if not np.all(np.isfinite(out)):
+        raise ValueError("PCA gave non-finite values for this layer's reference set: "
+                         "use whiten=False or preprocessing='l2'")
+    return pca, out  # rng: unused, the incremental fit draws no random numbers
+
+
 def apply_preprocessing(state, Z):
     """Apply a state returned by :func:`fit_preprocessing` to query rows."""
     if state is None:
@@ -59,6 +120,12 @@ def apply_preprocessing(state, Z):
     if isinstance(state, str):  # "l2"
         return l2_normalize(Z)
     return state.transform(Z).astype(Z.dtype, copy=False)
+
+
+def _is_view(X):
+    from .._layered import LayeredView
+
+    return isinstance(X, LayeredView)
 
 
 def _layer_block(X, layout, layer, as_is):
@@ -85,20 +152,24 @@ class LayerIndexMixin:
     ``preprocessors_`` when it preprocesses the layers.
     """
 
-    def _index_layers(self, X, layout, layers, rng, preprocess=None):
+    def _index_layers(self, X, layout, layers, rng, preprocess=None, preprocess_view=None):
         """``(preprocessors, indexes)`` of the hidden layers ``layers`` of ``X``.
 
         ``preprocess(Z, rng) -> (state, Z)`` is fitted on each layer's
         reference block before it is indexed (none when None).  ``X`` may be
         a :class:`~sklearn_advdet._layered.LayeredView` of a feature store:
         without preprocessing each layer's memory-map is indexed as it is
-        (out of core); with it, one layer at a time is read into memory.
+        (out of core); with it, ``preprocess_view(view, cols, rng) -> (state,
+        Z)`` preprocesses one layer chunk by chunk (else the layer is read
+        into memory and given to ``preprocess``).
         """
         preprocessors, indexes = [], []
         for layer in layers:
             state = None
             Z = _layer_block(X, layout, layer, preprocess is None)
-            if Z is None:
+            if Z is None and preprocess_view is not None and _is_view(X):
+                state, Z = preprocess_view(X, layout.slice_of(layer), rng)
+            elif Z is None:
                 Z = np.ascontiguousarray(X[:, layout.slice_of(layer)])
                 if preprocess is not None:
                     state, Z = preprocess(Z, rng)
