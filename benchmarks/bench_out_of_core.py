@@ -166,6 +166,24 @@ def run_knn(store_path, Q, n_rows, results):
     assert np.isfinite(scores).all()
 
 
+def run_knn_pca(store_path, Q, n_components, results):
+    """The scorer with PCA whitening fitted out of core (IncrementalPCA over chunks)."""
+    from sklearn_advdet import KNNClassScorer
+    from sklearn_advdet.store import open_store
+
+    store = open_store(store_path)
+    drop_page_cache(store_path)
+    with Stage(f"KNNClassScorer(preprocessing='pca', n_components={n_components}) fit "
+               "on the store", results):
+        knn = KNNClassScorer(layers=[0], n_neighbors=1000, preprocessing="pca",
+                             n_components=n_components, backend="exact",
+                             n_jobs=2).fit(store)
+    with Stage(f"KNNClassScorer(pca) transform {len(Q):,}", results,
+               refs=len(store.labels), queries=len(Q)):
+        scores = knn.transform(Q)
+    assert np.isfinite(scores).all()
+
+
 def run_knn_faiss(store_path, Q, n_rows, results):
     """Exact search (out of core) vs faiss flat (its own in-memory copy), same queries.
 
@@ -204,7 +222,8 @@ def write_report(out, args, n, write_s, store_bytes, results):
         f"shared with other agents; load average (1/5/15 min) at the end "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}  ",
         f"Command: `python benchmarks/bench_out_of_core.py --scale {args.scale}"
-        + (" --medoid" if args.medoid else "") + f" --knn-scale {args.knn_scale} "
+        + (" --medoid" if args.medoid else "") + (" --no-pivots" if args.no_pivots else "")
+        + (f" --pca {args.pca}" if args.pca else "") + f" --knn-scale {args.knn_scale} "
         f"--queries {args.queries}"
         + (f" --faiss-queries {args.faiss_queries}" if args.faiss_queries else "") + "`  ",
         f"Store: {n:,} x {DIM:,} float32 features + {N_CLASSES:,} logits, {N_CLASSES:,} "
@@ -253,6 +272,11 @@ def main():
                         help="share of the store's rows indexed by KNNClassScorer "
                         "(0: skip)")
     parser.add_argument("--queries", type=int, default=10_000)
+    parser.add_argument("--pca", type=int, default=0, metavar="N_COMPONENTS",
+                        help="also fit the kNN scorer with PCA whitening to this many "
+                        "components out of core (0: skip)")
+    parser.add_argument("--no-pivots", action="store_true",
+                        help="skip the PivotEmbedder stages")
     parser.add_argument("--faiss-queries", type=int, default=0,
                         help="also time the exact search against faiss flat on this "
                         "many queries over the whole store (faiss holds a copy: "
@@ -276,11 +300,14 @@ def main():
         _, Q, logits = sample(np.random.default_rng(1), centres(0), args.queries)
         Q = np.hstack([Q, logits])
         del logits
-        run_pivots(path, Q, "centroid", results)
+        if not args.no_pivots:
+            run_pivots(path, Q, "centroid", results)
         if args.medoid:
             run_pivots(path, Q, "medoid", results)
         if n_knn:
             run_knn(path, Q, n_knn, results)
+        if args.pca:
+            run_knn_pca(path, Q, args.pca, results)
         if args.faiss_queries:
             run_knn_faiss(path, Q[: args.faiss_queries], n, results)
     finally:

@@ -314,11 +314,11 @@ class KNNClassScorer(LayerIndexMixin, TransformerMixin, BaseEstimator):
             core: with ``preprocessing=None`` and the exact backend each
             layer's memory-map is searched block by block and never loaded
             (float16 stores are widened per block; the neighbours equal those
-            of the in-memory fit); ``preprocessing="pca"`` is fitted by an
-            incremental PCA over chunks (the batch PCA's result when every
-            component is kept, an approximation of it when truncated) and
-            keeps only the projected rows (``n_components`` wide) in memory,
-            ``"l2"`` a normalised copy of
+            of the in-memory fit); ``preprocessing="pca"`` is fitted from
+            the layer's covariance gathered chunk by chunk (the in-memory
+            PCA up to rounding and the axes' signs) and keeps only the
+            projected rows (``n_components`` wide) in memory, ``"l2"`` a
+            normalised copy of
             each layer; ``backend="faiss"`` copies each layer into its
             index.  ``layer_sizes=None`` takes the store's layout.
         y : array-like of shape (n_ref,)

@@ -73,7 +73,6 @@ SKLEARN_CLASSES = frozenset({
     "sklearn.preprocessing._data.Normalizer",
     "sklearn.preprocessing._label.LabelEncoder",
     "sklearn.decomposition._pca.PCA",
-    "sklearn.decomposition._incremental_pca.IncrementalPCA",
     "sklearn.linear_model._logistic.LogisticRegression",
     "sklearn.ensemble._hist_gradient_boosting.gradient_boosting."
     "HistGradientBoostingClassifier",
@@ -118,6 +117,7 @@ OWN_HELPERS = frozenset({
     "sklearn_advdet.knn._ExactIndex",
     "sklearn_advdet.knn._PynndescentIndex",
     "sklearn_advdet._density.DensityModel",
+    "sklearn_advdet.search._layers.ChunkedPCA",
 })
 
 

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import make_index
 
-__all__ = ["LayerIndexMixin", "fit_preprocessing", "fit_preprocessing_view",
+__all__ = ["LayerIndexMixin", "ChunkedPCA", "fit_preprocessing", "fit_preprocessing_view",
            "apply_preprocessing"]
 
 
@@ -53,19 +53,47 @@ def fit_preprocessing(kind, Z, rng, n_components=256, whiten=True):
     return pca, Zt.astype(Z.dtype, copy=False)
 
 
+class ChunkedPCA:
+    """PCA of an out-of-core layer from its covariance, gathered chunk by chunk.
+
+    One pass sums the rows, a second the centred cross-products ``X^T X``
+    in float64 (a ``d x d`` matrix); its eigenvectors are the principal
+    axes, as scikit-learn's ``PCA(svd_solver="covariance_eigh")``.  The
+    result equals the in-memory PCA up to rounding and the sign of each
+    axis, whether every component is kept or not.  ``transform`` projects
+    (and whitens) like :meth:`sklearn.decomposition.PCA.transform`.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (d,)
+    components_ : ndarray of shape (n_components, d)
+        Principal axes, largest variance first.
+    explained_variance_ : ndarray of shape (n_components,)
+        Variance along each axis (``ddof=1``).
+    whiten : bool
+    """
+
+    def __init__(self, mean, components, explained_variance, whiten):
+        self.mean_ = mean
+        self.components_ = components
+        self.explained_variance_ = explained_variance
+        self.whiten = bool(whiten)
+
+    def transform(self, X):
+        Z = (np.asarray(X, dtype=np.float64) - self.mean_) @ self.components_.T
+        if self.whiten:
+            Z /= np.sqrt(self.explained_variance_)
+        return Z
+
+
 def fit_preprocessing_view(kind, view, cols, rng, n_components=256, whiten=True):
     """:func:`fit_preprocessing` of one layer of an out-of-core ``view``, chunk by chunk.
 
     ``"l2"`` normalises the rows chunk by chunk into one in-memory array
-    (the layer's size; equal to the in-memory result).  ``"pca"`` is fitted
-    by :class:`sklearn.decomposition.IncrementalPCA` over chunks of at least
-    ``n_components`` rows and the projected rows (``n_components`` wide)
-    are written chunk by chunk: the layer itself is never loaded.  Keeping
-    every component (``n_components`` >= the width), the incremental fit
-    equals the batch PCA up to rounding and the components' signs, so the
-    distances and neighbours agree; truncated, it carries only the leading
-    components from chunk to chunk, an approximation of the batch PCA
-    (tested: 97 % of the neighbours shared on a 6 -> 4 example).
+    (the layer's size; equal to the in-memory result).  ``"pca"`` fits a
+    :class:`ChunkedPCA` (two chunked passes, a ``d x d`` eigenproblem) and
+    writes the projected rows (``n_components`` wide) chunk by chunk: the
+    layer itself is never loaded.  ``rng`` is unused (nothing is drawn).
     """
     from .._layered import _CHUNK_BYTES
 
@@ -73,44 +101,41 @@ def fit_preprocessing_view(kind, view, cols, rng, n_components=256, whiten=True)
     start, stop, _ = cols.indices(view.shape[1])
     d = stop - start
     step = max(1, _CHUNK_BYTES // (8 * max(d, 1)))
+    spans = [(a, min(a + step, n)) for a in range(0, n, step)]
     if kind == "l2":
         out = np.empty((n, d), dtype=view.dtype)
-        for a in range(0, n, step):
-            out[a : a + step] = l2_normalize(view[a : a + step, cols])
+        for a, b in spans:
+            out[a:b] = l2_normalize(view[a:b, cols])
         return "l2", out
     if n < 2:
         raise ValueError(
             f"preprocessing='pca' needs at least 2 reference rows, got {n}: "
             "pass more reference samples or preprocessing=None / 'l2'"
         )
-    from sklearn.decomposition import IncrementalPCA
-
     n_comp = min(n_components, d, n - 1)
-    step = max(step, n_comp)
-    # every partial fit needs at least n_comp rows: a short last chunk joins
-    # the one before it
-    bounds = list(range(0, n, step))
-    if len(bounds) > 1 and n - bounds[-1] < n_comp:
-        bounds.pop()
-    spans = [(a, bounds[i + 1] if i + 1 < len(bounds) else n) for i, a in enumerate(bounds)]
-    pca = IncrementalPCA(n_components=n_comp, whiten=whiten)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for a, b in spans:
-            pca.partial_fit(view[a:b, cols])
-    zero = int(np.sum(~(pca.explained_variance_ > 0))) if whiten else 0
+    total = np.zeros(d)
+    for a, b in spans:
+        total += view[a:b, cols].sum(axis=0, dtype=np.float64)
+    mean = total / n
+    cross = np.zeros((d, d))
+    for a, b in spans:
+        Z = view[a:b, cols].astype(np.float64) - mean
+        cross += Z.T @ Z
+    values, vectors = np.linalg.eigh(cross / (n - 1))
+    order = np.argsort(values)[::-1][:n_comp]
+    variance = np.maximum(values[order], 0.0)
+    zero = int(np.sum(variance <= 0)) if whiten else 0
     if zero:
         raise ValueError(
             f"PCA whitening needs components with variance, but {zero} of the "
             f"{n_comp} have none in this layer's reference set: lower n_components, "
             "use whiten=False or preprocessing='l2'"
         )
+    pca = ChunkedPCA(mean, vectors[:, order].T.copy(), variance, whiten)
     out = np.empty((n, n_comp), dtype=view.dtype)
     for a, b in spans:
         out[a:b] = pca.transform(view[a:b, cols])
-    if not np.all(np.isfinite(out)):
-        raise ValueError("PCA gave non-finite values for this layer's reference set: "
-                         "use whiten=False or preprocessing='l2'")
-    return pca, out  # rng: unused, the incremental fit draws no random numbers
+    return pca, out
 
 
 def apply_preprocessing(state, Z):
