@@ -214,7 +214,6 @@ class LayeredView:
             arr.flags.writeable = False
         return arr
 
-
     def aligned_block(self, cols):
         """The block holding exactly the columns ``cols`` (a slice), or None.
 

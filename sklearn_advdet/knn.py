@@ -28,11 +28,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
+from ._layered import validate_view
 from ._layout import FeatureLayout, check_layout
 from ._validation import check_class_targets
 from .search import BACKENDS, SEARCH_PARAMS_DOC, deterministic_backend
 from .search._layers import LayerIndexMixin, fit_preprocessing, fit_preprocessing_view
-from ._layered import validate_view
 from .search.exact import _ExactIndex  # noqa: F401  (sklearn_advdet._density imports it)
 from .thresholds import ScoreThresholdDetector  # its former home; kept importable
 
@@ -318,9 +318,9 @@ class KNNClassScorer(LayerIndexMixin, TransformerMixin, BaseEstimator):
             the layer's covariance gathered chunk by chunk (the in-memory
             PCA up to rounding and the axes' signs) and keeps only the
             projected rows (``n_components`` wide) in memory, ``"l2"`` a
-            normalised copy of
-            each layer; ``backend="faiss"`` copies each layer into its
-            index.  ``layer_sizes=None`` takes the store's layout.
+            normalised copy of each layer; ``backend="faiss"`` copies each
+            layer into its index.  ``layer_sizes=None`` takes the store's
+            layout.
         y : array-like of shape (n_ref,)
             Class index of every reference sample (its logit column); for a
             store, its ``labels`` by default.
