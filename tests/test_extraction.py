@@ -578,7 +578,7 @@ def test_float16_store_holds_the_float32_values_rounded(tmp_path):
     model, x = tiny_cnn(), torch.rand(11, 3, 8, 8)
     fx = FeatureExtractor(model, layers=["0", "3"], device="cpu", progress=False)
     full = fx.extract_to_store(x, tmp_path / "f32", chunk_size=4)
-    half = fx.extract_to_store(x, tmp_path / "f16", chunk_size=4, dtype="float16")
+    half = fx.extract_to_store(x, tmp_path / "f16", chunk_size=4, dtype=np.float16)
     assert half.layer(0).dtype == np.float16 and half.logits.dtype == np.float16
     for i in range(2):
         np.testing.assert_array_equal(half.layer(i), full.layer(i).astype(np.float16))
@@ -587,8 +587,9 @@ def test_float16_store_holds_the_float32_values_rounded(tmp_path):
     from sklearn_advdet.store import StoreError
     with pytest.raises(StoreError, match="dtype"):
         fx.extract_to_store(x, tmp_path / "f16", chunk_size=4)
-    with pytest.raises(ValueError, match="'float32' or 'float16'"):
-        fx.extract_to_store(x, tmp_path / "bad", dtype="int8")
+    for bad in ("int8", "half-ish", None):
+        with pytest.raises(ValueError, match="'float32' or 'float16'"):
+            fx.extract_to_store(x, tmp_path / "bad", dtype=bad)
     assert not (tmp_path / "bad").exists()
     # features beyond float16's range are refused, never stored as inf
     with torch.no_grad():

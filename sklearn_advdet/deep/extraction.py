@@ -321,7 +321,11 @@ class FeatureExtractor:
             Opened for reading; when other shards are still missing it is
             opened with ``allow_incomplete=True``.
         """
-        if str(dtype) not in ("float32", "float16"):
+        try:
+            dtype_name = np.dtype(dtype).name
+        except TypeError:
+            dtype_name = None
+        if dtype_name not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
         names, src, device = self._prepare(data, labels)
         if not src.ordered:
@@ -355,7 +359,7 @@ class FeatureExtractor:
                 chunk_size=chunk_size, has_labels=y is not None, metadata=metadata,
                 model=_model_name(self.model), source=source or src.description,
                 extra=extra, resume=resume, fingerprint=fingerprint,
-                lock_timeout=lock_timeout, dtype=str(dtype))
+                lock_timeout=lock_timeout, dtype=dtype_name)
             try:
                 self._fill(writer, forward, src, labels, names,
                            writer.missing_chunks(start, stop), nested, desc)
