@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LayeredView", "as_layered", "chunked_class_means", "validate_view"]
+__all__ = ["LayeredView", "as_layered", "chunked_class_means", "row_spans",
+           "validate_view"]
 
 # float64 rows buffered per step of the centroid pass (about 32 MB)
 _CHUNK_BYTES = 1 << 25
@@ -187,10 +188,7 @@ class LayeredView:
             local = block[rows, lo - self._edges[i] : hi - self._edges[i]]
             self.bytes_read += local.size * block.dtype.itemsize
             part = np.array(local, dtype=self.dtype)  # a copy: never the map itself
-            if self.check_finite and not np.isfinite(part).all():
-                raise ValueError(
-                    f"the reference block {self._names[i]!r} holds NaN or infinite "
-                    "values: recompute those features (or drop the rows) before fitting")
+            self._check_finite(part, i)
             parts.append(part)
         if not parts:  # an empty column range
             return np.empty((self._blocks[0][rows, :0].shape[0], 0), dtype=self.dtype)
@@ -228,21 +226,31 @@ class LayeredView:
             if (self._edges[i], self._edges[i + 1]) != (start, stop):
                 continue
             arr = self.block(i)
-            if self.check_finite:
-                step = max(1, _CHUNK_BYTES // (8 * max(arr.shape[1], 1)))
-                for a in range(0, arr.shape[0], step):
-                    if not np.isfinite(arr[a : a + step]).all():
-                        raise ValueError(
-                            f"the reference block {self._names[i]!r} holds NaN or "
-                            "infinite values: recompute those features (or drop the "
-                            "rows) before fitting")
+            for a, b in row_spans(arr.shape[0], arr.shape[1]):
+                self._check_finite(arr[a:b], i)
             return arr
         return None
+
+    def _check_finite(self, values, i):
+        """With ``check_finite``: a ValueError naming block ``i`` if ``values`` are not finite."""
+        if self.check_finite and not np.isfinite(values).all():
+            raise ValueError(
+                f"the reference block {self._names[i]!r} holds NaN or infinite "
+                "values: recompute those features (or drop the rows) before fitting")
 
 
 def _rebuild(blocks, layout, names, dtype, check_finite):
     return LayeredView(blocks, layout=layout, names=names, dtype=dtype,
                        check_finite=check_finite)
+
+
+def row_spans(n_rows, width, chunk_bytes=None):
+    """``[(start, stop), ...]`` covering ``n_rows`` rows, each about ``chunk_bytes``
+    of float64 at ``width`` columns (default ``_CHUNK_BYTES``): the chunks of
+    every pass that reads an out-of-core block."""
+    chunk_bytes = _CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    step = max(1, chunk_bytes // (8 * max(width, 1)))
+    return [(a, min(a + step, n_rows)) for a in range(0, n_rows, step)]
 
 
 def as_layered(X):
@@ -282,9 +290,7 @@ def chunked_class_means(X, y_idx, n_classes, cols):
     sums = np.zeros((n_classes, d))
     acc = list(sums)  # one running-sum view per class
     seen = np.zeros(n_classes, dtype=bool)
-    chunk_rows = max(1, _CHUNK_BYTES // (8 * max(d, 1)))
-    for lo in range(0, X.shape[0], chunk_rows):
-        hi = min(lo + chunk_rows, X.shape[0])
+    for lo, hi in row_spans(X.shape[0], d):
         block = X[lo:hi, cols]
         for row, k in zip(block, y_idx[lo:hi].tolist()):
             if seen[k]:

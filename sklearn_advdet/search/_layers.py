@@ -30,11 +30,7 @@ def fit_preprocessing(kind, Z, rng, n_components=256, whiten=True):
         return None, Z
     if kind == "l2":
         return "l2", l2_normalize(Z)
-    if Z.shape[0] < 2:
-        raise ValueError(
-            f"preprocessing='pca' needs at least 2 reference rows, got {Z.shape[0]}: "
-            "pass more reference samples or preprocessing=None / 'l2'"
-        )
+    _check_pca_rows(Z.shape[0])
     n_comp = min(n_components, Z.shape[1], Z.shape[0] - 1)
     pca = PCA(n_components=n_comp, whiten=whiten, random_state=rng)
     # constant references divide 0 by 0 in the variance ratios: the check
@@ -45,12 +41,24 @@ def fit_preprocessing(kind, Z, rng, n_components=256, whiten=True):
     # (fit_transform itself does not divide) would send them to inf or NaN
     zero = int(np.sum(pca.explained_variance_ <= 0)) if whiten else 0
     if zero or not np.all(np.isfinite(Zt)):
-        raise ValueError(
-            f"PCA whitening needs components with variance, but {zero} of the "
-            f"{n_comp} have none in this layer's reference set: lower n_components, "
-            "use whiten=False or preprocessing='l2'"
-        )
+        raise _whitening_error(zero, n_comp)
     return pca, Zt.astype(Z.dtype, copy=False)
+
+
+def _check_pca_rows(n):
+    if n < 2:
+        raise ValueError(
+            f"preprocessing='pca' needs at least 2 reference rows, got {n}: "
+            "pass more reference samples or preprocessing=None / 'l2'"
+        )
+
+
+def _whitening_error(zero, n_comp):
+    return ValueError(
+        f"PCA whitening needs components with variance, but {zero} of the "
+        f"{n_comp} have none in this layer's reference set: lower n_components, "
+        "use whiten=False or preprocessing='l2'"
+    )
 
 
 class ChunkedPCA:
@@ -95,23 +103,18 @@ def fit_preprocessing_view(kind, view, cols, rng, n_components=256, whiten=True)
     writes the projected rows (``n_components`` wide) chunk by chunk: the
     layer itself is never loaded.  ``rng`` is unused (nothing is drawn).
     """
-    from .._layered import _CHUNK_BYTES
+    from .._layered import row_spans
 
     n = view.shape[0]
     start, stop, _ = cols.indices(view.shape[1])
     d = stop - start
-    step = max(1, _CHUNK_BYTES // (8 * max(d, 1)))
-    spans = [(a, min(a + step, n)) for a in range(0, n, step)]
+    spans = row_spans(n, d)
     if kind == "l2":
         out = np.empty((n, d), dtype=view.dtype)
         for a, b in spans:
             out[a:b] = l2_normalize(view[a:b, cols])
         return "l2", out
-    if n < 2:
-        raise ValueError(
-            f"preprocessing='pca' needs at least 2 reference rows, got {n}: "
-            "pass more reference samples or preprocessing=None / 'l2'"
-        )
+    _check_pca_rows(n)
     n_comp = min(n_components, d, n - 1)
     total = np.zeros(d)
     for a, b in spans:
@@ -126,11 +129,7 @@ def fit_preprocessing_view(kind, view, cols, rng, n_components=256, whiten=True)
     variance = np.maximum(values[order], 0.0)
     zero = int(np.sum(variance <= 0)) if whiten else 0
     if zero:
-        raise ValueError(
-            f"PCA whitening needs components with variance, but {zero} of the "
-            f"{n_comp} have none in this layer's reference set: lower n_components, "
-            "use whiten=False or preprocessing='l2'"
-        )
+        raise _whitening_error(zero, n_comp)
     pca = ChunkedPCA(mean, vectors[:, order].T.copy(), variance, whiten)
     out = np.empty((n, n_comp), dtype=view.dtype)
     for a, b in spans:
@@ -161,9 +160,7 @@ def _layer_block(X, layout, layer, as_is):
     rows as they are (``as_is``: no preprocessing).  Everything else gets
     None (the caller reads the layer's columns).
     """
-    from .._layered import LayeredView
-
-    if not (as_is and isinstance(X, LayeredView)):
+    if not (as_is and _is_view(X)):
         return None
     return X.aligned_block(layout.slice_of(layer))
 

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from .._layered import row_spans
 from .._parallel import n_threads_for
 from ._chunks import map_chunks
 from .._rounding import safe_gamma
@@ -101,9 +102,13 @@ class ExactIndex:
         # block, and never copied whole
         work = _work_dtype(data.dtype)
         self._in_memory = (type(data) is np.ndarray and data.dtype == work)
-        self.sqnorm = np.concatenate(
-            [np.einsum("ij,ij->i", _rows(data, a, b, work), _rows(data, a, b, work),
-                       dtype=np.float64) for a, b in _spans(data)] or [np.empty(0)])
+        # one pass: the squared norms and the column sums (for the mean)
+        self.sqnorm = np.empty(data.shape[0])
+        total = np.zeros(data.shape[1])
+        for a, b in _spans(data):
+            block = _rows(data, a, b, work)
+            self.sqnorm[a:b] = _row_sqnorms(block)
+            total += block.sum(axis=0, dtype=np.float64)
         # The screening window grows with the largest norm: references far
         # from the origin (their mean dwarfs their spread) are screened as a
         # centred copy, which narrows it (distances do not change).
@@ -113,9 +118,6 @@ class ExactIndex:
             # any centre gives the same distances: the float64 mean, and the
             # centred norms from |x|^2 - 2 x.mu + |mu|^2 (only to decide;
             # their rounding does not matter)
-            total = np.zeros(data.shape[1])
-            for a, b in _spans(data):
-                total += _rows(data, a, b, work).sum(axis=0, dtype=np.float64)
             mu = (total / data.shape[0]).astype(work)
             xmu = np.concatenate([_rows(data, a, b, work) @ mu for a, b in _spans(data)])
             centred = self.sqnorm - 2.0 * xmu + float(mu @ mu)
@@ -245,9 +247,7 @@ def _work_dtype(dtype):
 
 def _spans(data, width=None):
     """Row ranges of ``data`` holding about ``_READ_BYTES`` each."""
-    d = max(1, data.shape[1] if width is None else width)
-    step = max(1, _READ_BYTES // (8 * d))
-    return [(a, min(a + step, data.shape[0])) for a in range(0, data.shape[0], step)]
+    return row_spans(data.shape[0], data.shape[1] if width is None else width, _READ_BYTES)
 
 
 def _rows(data, start, stop, dtype):
