@@ -14,9 +14,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_advdet import (FeatureLayout, KNNClassScorer, LayerSequenceUnion, LIDScorer,
+from sklearn_advdet import (AuthenticDensityDetector, ConformalFusionDetector, FeatureLayout, KNNClassScorer, LayerSequenceUnion, LIDScorer,
                             LogitFeatures, MahalanobisScorer, MLPDetector, PivotEmbedder,
                             SequenceLSTMDetector, make_detector)
+from sklearn_advdet.experiments._torch_steps import convert_detector
 from sklearn_advdet.deep.digits import DIGITS_LAYERS, train_digits_cnn
 from sklearn_advdet.deep.extraction import FeatureExtractor
 from sklearn_advdet.experiments import guarded as guarded_mod
@@ -211,14 +212,12 @@ def test_unsupported_steps_are_named(digits):
     pca = make_pipeline(PCA(3), LogisticRegression()).fit(digits["X"], digits["y_det"])
     with pytest.raises(TypeError, match="cannot convert the step PCA"):
         GuardedModel(digits["model"], pca, layers=LAYERS)
-    # make_detector's default (hybrid) has a density component: the error says
-    # which mode serves
-    hybrid = make_detector(lay, digits["X_ref"], digits["y_ref"],
-                           features=["logit", "mahalanobis"], classifier="logistic",
-                           random_state=0).set_params(detector__target_fpr=0.5)
-    hybrid.fit(digits["X"], digits["y_det"])  # (few rows here: a loose target)
-    with pytest.raises(TypeError, match=r"ConformalFusionDetector.*mode='supervised'"):
-        GuardedModel(digits["model"], hybrid, layers=LAYERS)
+    # a density without a torch form is named with the fix
+    knn_density = make_pipeline(
+        _frozen(MahalanobisScorer(lay, log=True), digits),
+        AuthenticDensityDetector("knn", n_neighbors=5)).fit(digits["X"][digits["y_det"] == 0])
+    with pytest.raises(TypeError, match=r"density='knn'.*density='gaussian'"):
+        GuardedModel(digits["model"], knn_density, layers=LAYERS)
 
 
 def test_layout_and_layer_mismatches_are_clear(digits, fitted):
@@ -293,3 +292,118 @@ def test_cuda_gives_the_cpu_outputs(digits, fitted):
     guard.to("cpu")
     torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------- conformal heads (hybrid, authentic)
+N_FIT = 110  # the conformal detectors are fitted on the first rows, compared on the rest
+
+
+def _conformal_pipelines(d):
+    lay = d["layout"]
+    X_ref, y_ref = d["X_ref"], d["y_ref"]
+    smooth = ["logit", "mahalanobis"]
+    gmm = ConformalFusionDetector(
+        LogisticRegression(), AuthenticDensityDetector("gmm", n_components=2, cv=2,
+                                                       calibration="cross"),
+        target_fpr=0.5, random_state=0)
+    return {
+        # make_detector's default: boosted trees + Gaussian density on all four families
+        "hybrid-default": make_detector(lay, X_ref, y_ref, random_state=0).set_params(
+            detector__target_fpr=0.5),  # few authentic rows here: a loose target
+        "hybrid-logistic": make_detector(lay, X_ref, y_ref, features=smooth,
+                                         classifier="logistic", random_state=0).set_params(
+            detector__target_fpr=0.5),
+        "hybrid-gmm": make_pipeline(make_detector(lay, X_ref, y_ref, mode="supervised",
+                                                  features=smooth)[0], gmm),
+        "authentic": make_detector(lay, X_ref, y_ref, mode="authentic", random_state=0
+                                   ).set_params(detector__drop_adversarial=True,
+                                                detector__target_fpr=0.2),
+    }
+
+
+@pytest.fixture(scope="module")
+def conformal(digits):
+    X, y = digits["X"][:N_FIT], digits["y_det"][:N_FIT]
+    return {k: p.fit(X, y) for k, p in _conformal_pipelines(digits).items()}
+
+
+@pytest.mark.parametrize("name", ["hybrid-default", "hybrid-logistic", "hybrid-gmm",
+                                  "authentic"])
+def test_conformal_heads_equal_the_numpy_pipeline(digits, conformal, name):
+    pipe = conformal[name]
+    guard = GuardedModel(digits["model"], pipe, layers=LAYERS)
+    with torch.no_grad():
+        _, p_adv = guard(digits["images"][N_FIT:])
+    expected = pipe.predict_proba(digits["X"][N_FIT:])[:, 1]
+    # conformal p-values: counts of calibration scores, several distinct values here
+    assert np.unique(expected).size >= 3
+    np.testing.assert_allclose(p_adv.numpy(), expected, rtol=0, atol=1e-5)
+    # the guard's decisions are the pipeline's at the detector's own threshold
+    # (p_adv > 1 - target_fpr <=> fused p-value < target_fpr, away from ties)
+    assert guard.calibrate(digits["images"][:N_FIT], 0.2).threshold.isfinite()
+
+
+def test_conformal_surrogate_keeps_values_and_follows_the_decision_function(digits,
+                                                                            conformal):
+    """Surrogate mode: forward values unchanged; backward the gradient of the
+    detector's decision_function, checked against numpy central differences."""
+    for name in ("hybrid-logistic", "authentic"):
+        pipe = conformal[name]
+        X = torch.tensor(digits["X"][N_FIT:N_FIT + 6], dtype=torch.float32,
+                         requires_grad=True)
+        exact, soft = convert_detector(pipe), convert_detector(pipe, surrogate=True)
+        z = soft(X)
+        torch.testing.assert_close(z.detach(), exact(X).detach(), rtol=0, atol=1e-6)
+        (g,) = torch.autograd.grad(z.sum(), X)
+        assert not exact(X).requires_grad  # counts alone: no gradient
+        x0, h = digits["X"][N_FIT:N_FIT + 6].astype(np.float64), 1e-5
+        for j in np.argsort(-np.abs(g.numpy()).sum(0))[:4]:  # the most influential columns
+            up, down = x0.copy(), x0.copy()
+            up[:, j] += h
+            down[:, j] -= h
+            numeric = (pipe.decision_function(up) - pipe.decision_function(down)) / (2 * h)
+            np.testing.assert_allclose(g.numpy()[:, j], numeric, rtol=2e-2, atol=1e-3)
+
+
+def test_hybrid_trees_borrow_the_classifier_surrogate_gradient(digits, conformal):
+    pipe = conformal["hybrid-default"]
+    Z = pipe[:-1].transform(digits["X"][:N_FIT])
+    helper = make_pipeline(StandardScaler(), LogisticRegression(C=0.1)).fit(
+        Z, digits["y_det"][:N_FIT])
+    exact = GuardedModel(digits["model"], pipe, layers=LAYERS)
+    alone = GuardedModel(digits["model"], pipe, layers=LAYERS, surrogate=True)
+    helped = GuardedModel(digits["model"], pipe, layers=LAYERS, surrogate=True,
+                          classifier_surrogate=helper)
+    x = digits["images"][N_FIT:N_FIT + 12]
+    with torch.no_grad():
+        for g in (alone, helped):
+            torch.testing.assert_close(g(x)[1], exact(x)[1], rtol=0, atol=1e-6)
+    grads = []
+    for g in (alone, helped):
+        xx = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(g.scores(xx)[1].sum(), xx)
+        assert torch.isfinite(grad).all()
+        grads.append(grad.flatten(1))
+    # rows whose larger exceedance is the classifier's get a gradient only with the
+    # helper (the trees have none); the density's rows get the same one either way
+    Zt = torch.tensor(pipe[:-1].transform(digits["X"][N_FIT:N_FIT + 12]))
+    fusion = pipe[-1]
+    S = np.column_stack([fusion.classifier_.decision_function(Zt.numpy()),
+                         -fusion.density_.score_samples(Zt.numpy())])
+    by_classifier = ((S - fusion.thresholds_) / fusion.scales_).argmax(1) == 0
+    assert 0 < by_classifier.sum() < len(by_classifier)
+    assert (grads[0][by_classifier].abs().sum(1) == 0).all()
+    assert (grads[1][by_classifier].abs().sum(1) > 0).all()
+    torch.testing.assert_close(grads[0][~by_classifier], grads[1][~by_classifier])
+
+
+def test_the_default_hybrid_exports_and_reloads(digits, conformal, tmp_path):
+    guard = GuardedModel(digits["model"], conformal["hybrid-default"], layers=LAYERS)
+    guard.calibrate(digits["images"][:N_FIT], target_fpr=0.2)
+    export_guarded(guard, tmp_path / "hybrid", digits["images"][:4])
+    loaded = load_guarded(tmp_path / "hybrid.pt2")
+    x = digits["images"][N_FIT:]
+    with torch.no_grad():
+        a, b = guard(x), loaded(x)
+    torch.testing.assert_close(a[1], b[1], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(guard.predict(x).numpy(), loaded.predict(x).numpy())

@@ -57,7 +57,7 @@ def add_benchmark_parser(sub, common, out, existing_path):
     a = p.add_argument_group(
         "adaptive attacks (--adaptive, with --data)",
         "Instead of the protocols: each detector (default: pivots_mlp, "
-        "logit_mahalanobis_logistic, default_supervised) guarded with the "
+        "logit_mahalanobis_logistic, default_hybrid, default_supervised) guarded with the "
         "classifier, its threshold at 5% FPR on clean images, attacked by oblivious, adaptive and "
         "orthogonal PGD at 2, 4 and 8/255; writes adaptive.md and cells.json.")
     a.add_argument("--adaptive", action="store_true",

@@ -26,7 +26,7 @@ CONVERTIBLE_STEPS = (
     "PivotEmbedder", "StandardScaler", "LogitFeatures", "MahalanobisScorer",
     "KNNClassScorer", "LIDScorer", "LayerSequenceUnion",
     "LogisticRegression", "MLPDetector", "SequenceLSTMDetector",
-    "HistGradientBoostingClassifier",
+    "HistGradientBoostingClassifier", "AuthenticDensityDetector", "ConformalFusionDetector",
 )
 
 
@@ -371,8 +371,13 @@ def _check_binary_classes(est, name):
             "y in {0, 1}")
 
 
-def _convert_head(est):
+def _convert_head(est, surrogate=False, classifier_surrogate=None):
     name = type(est).__name__
+    if name in ("AuthenticDensityDetector", "ConformalFusionDetector"):
+        from ._torch_fusion import convert_final
+
+        _check_binary_classes(est, name)
+        return convert_final(est, surrogate, classifier_surrogate)
     if name in ("MLPDetector", "SequenceLSTMDetector"):
         _check_binary_classes(est, name)
         return _NetHead(est)
@@ -386,14 +391,11 @@ def _convert_head(est):
 
         _check_binary_classes(est, name)
         return HGBHead(est)
-    hint = ("; make_detector's hybrid and authentic modes hold a density model: "
-            "build the served detector with make_detector(..., mode='supervised')"
-            if name in ("ConformalFusionDetector", "AuthenticDensityDetector") else "")
     raise TypeError(
         f"cannot convert the final step {name} to torch: the guarded model's last "
         "step must be LogisticRegression, MLPDetector, SequenceLSTMDetector or "
-        "HistGradientBoostingClassifier "
-        f"(convertible steps: {', '.join(CONVERTIBLE_STEPS)}){hint}")
+        "HistGradientBoostingClassifier, AuthenticDensityDetector or "
+        f"ConformalFusionDetector (convertible steps: {', '.join(CONVERTIBLE_STEPS)})")
 
 
 def _convert_transformer(est, surrogate, temperature):
@@ -430,7 +432,8 @@ def _convert_transformer(est, surrogate, temperature):
         "sklearn_advdet.experiments._torch_steps")
 
 
-def convert_detector(pipeline, *, surrogate=False, knn_temperature=0.1):
+def convert_detector(pipeline, *, surrogate=False, knn_temperature=0.1,
+                     classifier_surrogate=None):
     """A torch module mapping feature rows ``X`` to the detector's logit.
 
     Parameters
@@ -440,10 +443,19 @@ def convert_detector(pipeline, *, surrogate=False, knn_temperature=0.1):
         binary detector whose ``predict_proba(X)[:, 1]`` is the sigmoid of
         the returned module's output.
     surrogate : bool, default=False
-        kNN class scores get the soft-kNN gradient (values unchanged).
+        Gradients for attacks, values unchanged: kNN class scores get the
+        soft-kNN gradient; the conformal p-values of AuthenticDensityDetector
+        and ConformalFusionDetector the gradient of their
+        ``decision_function`` (straight-through).
     knn_temperature : float, default=0.1
         Softmax temperature of the soft kNN, relative to each row's k-th
         neighbour distance.
+    classifier_surrogate : fitted Pipeline or classifier, default=None
+        Surrogate mode only: a differentiable detector (e.g. StandardScaler +
+        LogisticRegression) fitted on the features a ConformalFusionDetector
+        last step reads; its logit's gradient stands in for that of the
+        fusion's supervised component when that one has none (boosted
+        trees); its values are not used.
 
     Returns
     -------
@@ -455,12 +467,16 @@ def convert_detector(pipeline, *, surrogate=False, knn_temperature=0.1):
 
     est = _unwrap(pipeline)
     check_is_fitted(est)
+    helper = None
+    if surrogate and classifier_surrogate is not None:
+        helper = convert_detector(classifier_surrogate, surrogate=True,
+                                  knn_temperature=knn_temperature)
     if isinstance(est, Pipeline):
         steps = [_unwrap(s) for _, s in est.steps if s not in (None, "passthrough")]
         body = [_convert_transformer(s, surrogate, knn_temperature) for s in steps[:-1]]
-        module = _Sequential(body + [_convert_head(steps[-1])])
+        module = _Sequential(body + [_convert_head(steps[-1], surrogate, helper)])
     else:
-        module = _convert_head(est)
+        module = _convert_head(est, surrogate, helper)
     return module.eval()
 
 

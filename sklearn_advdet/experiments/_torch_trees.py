@@ -16,10 +16,15 @@ __all__ = ["HGBHead"]
 
 
 class HGBHead(nn.Module):
-    """``decision_function`` of a binary HistGradientBoostingClassifier."""
+    """``decision_function`` of a binary HistGradientBoostingClassifier.
 
-    def __init__(self, est):
+    Summed in float64 and returned as ``dtype`` (float64 where the score is
+    compared with float64 calibration scores, as in a conformal fusion).
+    """
+
+    def __init__(self, est, dtype=torch.float32):
         super().__init__()
+        self.dtype = dtype
         if getattr(est, "_preprocessor", None) is not None or (
                 est.is_categorical_ is not None and np.any(est.is_categorical_)):
             raise TypeError(
@@ -59,4 +64,4 @@ class HGBHead(nn.Module):
                                   x <= self.threshold[node])
             child = torch.where(go_left, self.left[node], self.right[node]) + self.offsets
             node = torch.where(self.is_leaf[node], node, child)
-        return (self.value[node].sum(dim=1) + self.baseline).to(torch.float32)
+        return (self.value[node].sum(dim=1) + self.baseline).to(self.dtype)

@@ -16,7 +16,9 @@
    boosted trees of the default) is attacked through a **differentiable
    surrogate**: the same frozen features with a logistic-regression head
    fitted on the same rows (BPDA), kNN scores through their soft-kNN
-   surrogate; the figures are always those of the real guard;
+   surrogate, conformal p-values (the default's fusion, the authentic
+   density) through their decision function, the fusion's trees through a
+   logistic head; the figures are always those of the real guard;
 5. with ``adaptive_training_rounds=R``: R rounds of attack-then-refit, each
    adding adaptive-PGD adversarials of the training images at the largest
    budget to the detector's training rows, then every attack again.
@@ -46,13 +48,16 @@ __all__ = ["run_adaptive_benchmark", "run_adaptive_cifar", "ADAPTIVE_DETECTORS",
 _log = get_logger("adaptive")
 
 #: detectors attacked when none are named: one per family with a gradient
-#: path, and make_detector's supervised mode (through its surrogate head; the
-#: hybrid and authentic modes have no torch conversion)
-ADAPTIVE_DETECTORS = ("pivots_mlp", "logit_mahalanobis_logistic", "default_supervised")
+#: path, and make_detector's default (hybrid) and supervised modes (their
+#: boosted trees through a surrogate head)
+ADAPTIVE_DETECTORS = ("pivots_mlp", "logit_mahalanobis_logistic", "default_hybrid",
+                      "default_supervised")
 #: attacks run per detector and budget
 ATTACK_MODES = ("oblivious", "adaptive", "orthogonal")
-#: last steps the guarded model can differentiate through
-_DIFFERENTIABLE_HEADS = ("LogisticRegression", "MLPDetector", "SequenceLSTMDetector")
+#: last steps the guarded model can differentiate through (the conformal ones
+#: through their decision function, in surrogate mode)
+_DIFFERENTIABLE_HEADS = ("LogisticRegression", "MLPDetector", "SequenceLSTMDetector",
+                         "AuthenticDensityDetector")
 
 
 def guard_figures(guard, clean, labels, adv):
@@ -93,31 +98,53 @@ def _has_gradient(pipeline):
     return type(last).__name__ in _DIFFERENTIABLE_HEADS
 
 
-def _surrogate(pipeline, Z, y):
-    """Frozen feature steps + StandardScaler + LogisticRegression fitted on ``Z, y``."""
+def _logistic_head(Z, y):
+    """StandardScaler + LogisticRegression fitted on ``Z, y``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    head = Pipeline([("scale", StandardScaler()),
+    return Pipeline([("scale", StandardScaler()),
                      ("classifier", LogisticRegression(C=0.1, max_iter=2000))]).fit(Z, y)
-    return Pipeline(pipeline.steps[:-1] + head.steps)
+
+
+def _surrogate(pipeline, Z, y):
+    """Frozen feature steps + StandardScaler + LogisticRegression fitted on ``Z, y``."""
+    from sklearn.pipeline import Pipeline
+
+    return Pipeline(pipeline.steps[:-1] + _logistic_head(Z, y).steps)
 
 
 class _Guards:
-    """The real guard of one fitted detector and the module the attacks differentiate."""
+    """The real guard of one fitted detector and the module the attacks differentiate.
+
+    A ConformalFusionDetector (the default, hybrid) is attacked through its
+    own decision function (surrogate mode of the guarded model): the density
+    exactly, a supervised component without a gradient (boosted trees)
+    through a logistic head fitted on the same features (BPDA).
+    """
 
     def __init__(self, model, pipeline, layers, X, y, calib, target_fpr):
         from .guarded import GuardedModel
 
         self.real = GuardedModel(model, pipeline, layers=layers).calibrate(calib, target_fpr)
-        if _has_gradient(pipeline):
+        last = pipeline.steps[-1][1]
+        helper, self.surrogate = None, None
+        if type(last).__name__ == "ConformalFusionDetector":
             target = pipeline
-            self.surrogate = None
+            classifier = last.classifier_
+            inner = classifier.steps[-1][1] if hasattr(classifier, "steps") else classifier
+            if type(inner).__name__ not in _DIFFERENTIABLE_HEADS:
+                helper = _logistic_head(pipeline[:-1].transform(X), y)
+                self.surrogate = (f"ConformalFusionDetector's {type(inner).__name__} "
+                                  "(its density exact)")
+        elif _has_gradient(pipeline):
+            target = pipeline
         else:
             target = _surrogate(pipeline, pipeline[:-1].transform(X), y)
-            self.surrogate = type(pipeline.steps[-1][1]).__name__
-        self.attack = GuardedModel(model, target, layers=layers, surrogate=True)
+            self.surrogate = type(last).__name__
+        self.attack = GuardedModel(model, target, layers=layers, surrogate=True,
+                                   classifier_surrogate=helper)
         self.attack.calibrate(calib, target_fpr)
 
     def close(self):

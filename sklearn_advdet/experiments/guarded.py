@@ -70,10 +70,20 @@ class GuardedModel(nn.Module):
     threshold : float, default=None
         ``p_adv`` above which :meth:`predict` rejects; :meth:`calibrate` sets it.
     surrogate : bool, default=False
-        Give kNN class scores a soft-kNN gradient (BPDA: the forward values
-        are unchanged), for attacks.
+        Gradients for attacks, the forward values unchanged (BPDA): kNN class
+        scores get a soft-kNN gradient, the conformal p-values of
+        ``AuthenticDensityDetector`` / ``ConformalFusionDetector`` (the
+        ``"authentic"`` and default ``"hybrid"`` modes of
+        :func:`~sklearn_advdet.make_detector`) the gradient of their
+        ``decision_function``.
     knn_temperature : float, default=0.1
         Temperature of that soft kNN, relative to each row's k-th distance.
+    classifier_surrogate : fitted Pipeline or classifier, default=None
+        With ``surrogate=True`` and a ``ConformalFusionDetector`` last step
+        whose supervised component has no gradient (boosted trees): a
+        differentiable detector fitted on the fusion's input features (e.g.
+        ``make_pipeline(StandardScaler(), LogisticRegression())``) that lends
+        it its gradient.  Without it only the density component steers.
 
     Attributes
     ----------
@@ -105,7 +115,7 @@ class GuardedModel(nn.Module):
     """
 
     def __init__(self, model, detector, layers="auto", *, threshold=None, surrogate=False,
-                 knn_temperature=0.1):
+                 knn_temperature=0.1, classifier_surrogate=None):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -115,7 +125,8 @@ class GuardedModel(nn.Module):
         self.n_features = getattr(detector, "n_features_in_", None)
         self._check_layer_names()
         self.detector = convert_detector(detector, surrogate=surrogate,
-                                         knn_temperature=knn_temperature)
+                                         knn_temperature=knn_temperature,
+                                         classifier_surrogate=classifier_surrogate)
         self.include_logits = True if self.layout is None else self.layout.has_logits
         self.register_buffer("threshold", torch.tensor(
             float("nan") if threshold is None else float(threshold), dtype=torch.float32))
