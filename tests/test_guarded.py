@@ -407,3 +407,29 @@ def test_the_default_hybrid_exports_and_reloads(digits, conformal, tmp_path):
         a, b = guard(x), loaded(x)
     torch.testing.assert_close(a[1], b[1], rtol=0, atol=1e-6)
     np.testing.assert_array_equal(guard.predict(x).numpy(), loaded.predict(x).numpy())
+
+
+def test_a_score_threshold_head_gives_the_sigmoid_of_its_decision_function(digits):
+    """The papers' kNN detector (a kNN class score, thresholded): no predict_proba,
+    so p_adv is the sigmoid of decision_function and the guard's decisions are its."""
+    from scipy.special import expit
+
+    from sklearn_advdet import ScoreThresholdDetector
+
+    lay = digits["layout"]
+    pipe = make_pipeline(_frozen(KNNClassScorer(lay, layers=-1, n_neighbors=30,
+                                                weights="rank"), digits),
+                         ScoreThresholdDetector(direction="low")).fit(digits["X"],
+                                                                      digits["y_det"])
+    guard = GuardedModel(digits["model"], pipe, layers=LAYERS)
+    with torch.no_grad():
+        _, p = guard(digits["images"])
+    decision = pipe.decision_function(digits["X"])
+    np.testing.assert_allclose(p.numpy(), expit(decision), rtol=0, atol=1e-6)
+    guard.threshold.fill_(0.5)  # p_adv > 0.5 <=> decision_function > 0 <=> predict 1
+    rejected = guard.predict(digits["images"]).numpy() == REJECT
+    # except for scores exactly at the threshold (decision_function = 1 ulp there,
+    # whose float32 sigmoid is 0.5): kNN class scores are discrete, so a few are
+    away = np.abs(decision) > 1e-6
+    assert away.mean() > 0.9
+    np.testing.assert_array_equal(rejected[away], pipe.predict(digits["X"])[away] == 1)

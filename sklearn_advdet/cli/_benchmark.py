@@ -56,7 +56,7 @@ def add_benchmark_parser(sub, common, out, existing_path):
                    help="epochs of the papers' neural detectors (default 30)")
     a = p.add_argument_group(
         "adaptive attacks (--adaptive, with --data)",
-        "Instead of the protocols: each detector (default: pivots_mlp, "
+        "Instead of the protocols: each detector (default: pivots_mlp, knn_score, "
         "logit_mahalanobis_logistic, default_hybrid, default_supervised) guarded with the "
         "classifier, its threshold at 5% FPR on clean images, attacked by oblivious, adaptive and "
         "orthogonal PGD at 2, 4 and 8/255; writes adaptive.md and cells.json.")

@@ -171,7 +171,8 @@ def _convert_classifier(est):
     """The fusion's supervised component as a module giving its score."""
     from sklearn.pipeline import Pipeline
 
-    from ._torch_steps import _convert_head, _convert_transformer, _Sequential, _unwrap
+    from ._torch_heads import convert_head
+    from ._torch_steps import _convert_transformer, _Sequential, _unwrap
     from ._torch_trees import HGBHead
 
     est = _unwrap(est)
@@ -180,10 +181,10 @@ def _convert_classifier(est):
         return _Sequential([_convert_transformer(s, False, 0.1) for s in steps[:-1]]
                            + [_convert_classifier(steps[-1])])
     if type(est).__name__ == "HistGradientBoostingClassifier":
-        _convert_head(est)  # its checks
+        convert_head(est)  # its checks
         # float64, as the calibration scores it is compared with
         return HGBHead(est, dtype=torch.float64)
-    return _convert_head(est)
+    return convert_head(est)
 
 
 def convert_final(est, surrogate=False, classifier_surrogate=None):

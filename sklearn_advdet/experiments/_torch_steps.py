@@ -12,11 +12,11 @@ reference set as a float32 tensor: a screening GEMM picks the ``k`` nearest,
 whose distances are then recomputed from coordinate differences.
 """
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
+
+from ._torch_heads import HEAD_STEPS, _Buffers, convert_head
 
 __all__ = ["convert_detector", "find_layout", "CONVERTIBLE_STEPS"]
 
@@ -25,20 +25,7 @@ __all__ = ["convert_detector", "find_layout", "CONVERTIBLE_STEPS"]
 CONVERTIBLE_STEPS = (
     "PivotEmbedder", "StandardScaler", "LogitFeatures", "MahalanobisScorer",
     "KNNClassScorer", "LIDScorer", "LayerSequenceUnion",
-    "LogisticRegression", "MLPDetector", "SequenceLSTMDetector",
-    "HistGradientBoostingClassifier", "AuthenticDensityDetector", "ConformalFusionDetector",
-)
-
-
-def _f32(a):
-    return torch.as_tensor(np.asarray(a, dtype=np.float32))
-
-
-class _Buffers(nn.Module):
-    """A module whose tensors are float32 buffers, registered by name."""
-
-    def _put(self, name, value):
-        self.register_buffer(name, value if isinstance(value, torch.Tensor) else _f32(value))
+) + HEAD_STEPS
 
 
 # ----------------------------------------------------------------- pieces
@@ -323,36 +310,6 @@ class _LayerSequence(nn.Module):
         return seq
 
 
-# ------------------------------------------------------------------ heads
-class _LinearHead(_Buffers):
-    def __init__(self, est):
-        super().__init__()
-        self._put("coef", est.coef_.reshape(-1))
-        self._put("intercept", np.asarray(est.intercept_).reshape(()))
-
-    def forward(self, X):
-        return X @ self.coef + self.intercept
-
-
-class _NetHead(_Buffers):
-    """A skorch detector: its standardisation, then a float32 copy of its net."""
-
-    def __init__(self, est):
-        super().__init__()
-        self._put("mean", est.mean_)
-        self._put("scale", est.scale_)
-        net = copy.deepcopy(est.net_.module_).to("cpu", torch.float32).eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        self.net = net
-
-    def train(self, mode=True):  # dropout stays off: the detector is fitted
-        return super().train(False)
-
-    def forward(self, X):
-        return self.net((X - self.mean) / self.scale).reshape(-1)
-
-
 # ------------------------------------------------------------- the walker
 def _unwrap(step):
     from sklearn.frozen import FrozenEstimator
@@ -360,42 +317,6 @@ def _unwrap(step):
     while isinstance(step, FrozenEstimator):
         step = step.estimator
     return step
-
-
-def _check_binary_classes(est, name):
-    classes = np.asarray(getattr(est, "classes_", []))
-    if classes.shape != (2,) or not np.array_equal(classes, [0, 1]):
-        raise ValueError(
-            f"{name} has classes {classes.tolist()}: the guarded model reads the "
-            "probability of class 1 (adversarial) of a binary detector fitted on "
-            "y in {0, 1}")
-
-
-def _convert_head(est, surrogate=False, classifier_surrogate=None):
-    name = type(est).__name__
-    if name in ("AuthenticDensityDetector", "ConformalFusionDetector"):
-        from ._torch_fusion import convert_final
-
-        _check_binary_classes(est, name)
-        return convert_final(est, surrogate, classifier_surrogate)
-    if name in ("MLPDetector", "SequenceLSTMDetector"):
-        _check_binary_classes(est, name)
-        return _NetHead(est)
-    if name == "LogisticRegression":
-        _check_binary_classes(est, name)
-        if est.coef_.shape[0] != 1:
-            raise ValueError("LogisticRegression must be binary (one row of coef_)")
-        return _LinearHead(est)
-    if name == "HistGradientBoostingClassifier":
-        from ._torch_trees import HGBHead
-
-        _check_binary_classes(est, name)
-        return HGBHead(est)
-    raise TypeError(
-        f"cannot convert the final step {name} to torch: the guarded model's last "
-        "step must be LogisticRegression, MLPDetector, SequenceLSTMDetector or "
-        "HistGradientBoostingClassifier, AuthenticDensityDetector or "
-        f"ConformalFusionDetector (convertible steps: {', '.join(CONVERTIBLE_STEPS)})")
 
 
 def _convert_transformer(est, surrogate, temperature):
@@ -474,9 +395,9 @@ def convert_detector(pipeline, *, surrogate=False, knn_temperature=0.1,
     if isinstance(est, Pipeline):
         steps = [_unwrap(s) for _, s in est.steps if s not in (None, "passthrough")]
         body = [_convert_transformer(s, surrogate, knn_temperature) for s in steps[:-1]]
-        module = _Sequential(body + [_convert_head(steps[-1], surrogate, helper)])
+        module = _Sequential(body + [convert_head(steps[-1], surrogate, helper)])
     else:
-        module = _convert_head(est, surrogate, helper)
+        module = convert_head(est, surrogate, helper)
     return module.eval()
 
 

@@ -47,17 +47,18 @@ __all__ = ["run_adaptive_benchmark", "run_adaptive_cifar", "ADAPTIVE_DETECTORS",
 
 _log = get_logger("adaptive")
 
-#: detectors attacked when none are named: one per family with a gradient
-#: path, and make_detector's default (hybrid) and supervised modes (their
-#: boosted trees through a surrogate head)
-ADAPTIVE_DETECTORS = ("pivots_mlp", "logit_mahalanobis_logistic", "default_hybrid",
-                      "default_supervised")
+#: detectors attacked when none are named: one per family (the papers' pivots
+#: and kNN scores, the latter through its soft-kNN surrogate; logit +
+#: Mahalanobis), and make_detector's default (hybrid) and supervised modes
+#: (their boosted trees through a surrogate head)
+ADAPTIVE_DETECTORS = ("pivots_mlp", "knn_score", "logit_mahalanobis_logistic",
+                      "default_hybrid", "default_supervised")
 #: attacks run per detector and budget
 ATTACK_MODES = ("oblivious", "adaptive", "orthogonal")
 #: last steps the guarded model can differentiate through (the conformal ones
 #: through their decision function, in surrogate mode)
 _DIFFERENTIABLE_HEADS = ("LogisticRegression", "MLPDetector", "SequenceLSTMDetector",
-                         "AuthenticDensityDetector")
+                         "AuthenticDensityDetector", "ScoreThresholdDetector")
 
 
 def guard_figures(guard, clean, labels, adv):
@@ -72,7 +73,6 @@ def guard_figures(guard, clean, labels, adv):
         misclassified and not rejected), ``robust`` (share classified right
         or rejected), ``n``.
     """
-    import torch
     from sklearn.metrics import roc_auc_score
 
     from ..deep.adaptive import evaluate_guarded
