@@ -395,6 +395,14 @@ def test_hybrid_trees_borrow_the_classifier_surrogate_gradient(digits, conformal
     assert (grads[0][by_classifier].abs().sum(1) == 0).all()
     assert (grads[1][by_classifier].abs().sum(1) > 0).all()
     torch.testing.assert_close(grads[0][~by_classifier], grads[1][~by_classifier])
+    # the helper has nothing to stand in for elsewhere: a clear error, not a silent no-op
+    with pytest.raises(ValueError, match="surrogate=False"):
+        GuardedModel(digits["model"], pipe, layers=LAYERS, classifier_surrogate=helper)
+    with pytest.raises(ValueError, match="last step is LogisticRegression"):
+        plain = make_pipeline(StandardScaler(), LogisticRegression()).fit(
+            digits["X"][:N_FIT], digits["y_det"][:N_FIT])
+        GuardedModel(digits["model"], plain, layers=LAYERS, surrogate=True,
+                     classifier_surrogate=helper)
 
 
 def test_the_default_hybrid_exports_and_reloads(digits, conformal, tmp_path):

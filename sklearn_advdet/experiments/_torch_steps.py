@@ -388,12 +388,21 @@ def convert_detector(pipeline, *, surrogate=False, knn_temperature=0.1,
 
     est = _unwrap(pipeline)
     check_is_fitted(est)
+    steps = ([_unwrap(s) for _, s in est.steps if s not in (None, "passthrough")]
+             if isinstance(est, Pipeline) else [est])
     helper = None
-    if surrogate and classifier_surrogate is not None:
+    if classifier_surrogate is not None:
+        last = type(steps[-1]).__name__
+        if last != "ConformalFusionDetector" or not surrogate:
+            raise ValueError(
+                "classifier_surrogate lends its gradient to the supervised component "
+                "of a ConformalFusionDetector last step in surrogate mode, but "
+                + (f"the last step is {last}: attack a surrogate pipeline instead"
+                   if last != "ConformalFusionDetector" else "surrogate=False")
+                + "; pass classifier_surrogate=None")
         helper = convert_detector(classifier_surrogate, surrogate=True,
                                   knn_temperature=knn_temperature)
     if isinstance(est, Pipeline):
-        steps = [_unwrap(s) for _, s in est.steps if s not in (None, "passthrough")]
         body = [_convert_transformer(s, surrogate, knn_temperature) for s in steps[:-1]]
         module = _Sequential(body + [convert_head(steps[-1], surrogate, helper)])
     else:
