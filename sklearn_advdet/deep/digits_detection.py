@@ -229,9 +229,10 @@ def load_digits_detection(
     APGD-CE (eps 0.1, 0.2), Gaussian and sign noise and the iterative target
     class attack, and caches the result under ``get_data_home(data_home)``
     (well under a minute on two CPU cores; the cache is a few MB).  The
-    ``DESCR`` says which budgets each attack gets and why.  Later calls load the cache without importing torch.
-    The cache is written to a temporary folder and renamed into place, so an
-    interrupted build never leaves a cache that looks complete.
+    ``DESCR`` says which budgets each attack gets and why.  Later calls load
+    the cache without importing torch.  The cache is written to a temporary
+    folder and renamed into place, so an interrupted build never leaves a
+    cache that looks complete.
 
     Parameters
     ----------
