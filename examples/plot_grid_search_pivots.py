@@ -17,8 +17,8 @@ whole search, not once per fold.
 
 # %%
 # The embedded data set: a small CNN trained on scikit-learn's digits,
-# attacked by its gradient-sign, L-BFGS, target-class and noise attacks, its
-# hidden layers extracted.
+# attacked by its gradient-sign, L-BFGS, CW-L2, DeepFool, APGD-CE, target-class
+# and noise attacks, its hidden layers extracted.
 import tempfile
 
 import matplotlib.pyplot as plt

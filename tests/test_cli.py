@@ -295,7 +295,8 @@ def test_demo_writes_report_plots_and_a_clean_log(tmp_path):
     assert "report and plots written to" in text
     report = json.loads((out / "report.json").read_text())
     attacks = set(report["data"]["attacks"])
-    for family in ("fgsm", "bim", "pgd", "mifgsm", "lbfgs", "iterative_target_class"):
+    for family in ("fgsm", "bim", "pgd", "mifgsm", "lbfgs", "cw_l2", "deepfool", "apgd",
+                   "iterative_target_class"):
         assert any(a.startswith(family) for a in attacks), (family, attacks)
     assert set(report["detectors"]) >= {"pivot+LSTM", "pivot+MLP"}
     for rows in report["detectors"].values():

@@ -15,8 +15,8 @@ from sklearn_advdet.datasets import clear_data_home, get_data_home, load_feature
 from sklearn_advdet.deep import digits_detection as ddmod
 
 ARRAYS = datasets._ARRAYS
-FAMILIES = {"fgsm", "bim", "pgd", "mifgsm", "lbfgs", "gaussian_noise", "sign_noise",
-            "iterative_target_class"}
+FAMILIES = {"fgsm", "bim", "pgd", "mifgsm", "lbfgs", "cw_l2", "deepfool", "apgd",
+            "gaussian_noise", "sign_noise", "iterative_target_class"}
 
 
 @pytest.fixture(scope="session")
@@ -65,19 +65,51 @@ def test_contents(digits_detection):
     assert d.X_ref.shape[0] == d.y_ref.shape[0] == d.train_index.size
     assert d.cnn_accuracy >= 0.95
     assert set(d.attack.tolist()) == FAMILIES | {"authentic"}
-    assert "L-BFGS" in d.DESCR and "subset of 100" in d.DESCR
+    configs = {name: params for name, _, params in ddmod.DIGITS_DETECTION_CONFIG["attacks"]}
+    assert "L-BFGS" in d.DESCR and f"subsets of {configs['lbfgs']['max_images']}" in d.DESCR
+    assert f"and {configs['cw_l2']['max_images']} of them (CW-L2" in d.DESCR
+    assert "APGD-CE runs at eps 0.1, 0.2" in d.DESCR
     summary = {(s["attack"], s["eps"]): s for s in d.attack_summary}
     for (attack, eps), s in summary.items():
         rows = (d.attack == attack) & ((d.eps == eps) if eps is not None else True)
         assert s["n_adversarial"] == (d.y[rows] == 1).sum() > 0, (attack, eps)
     # the budgets are such that attacks succeed often but not always
-    for family in ("fgsm", "bim", "pgd", "mifgsm", "iterative_target_class"):
+    for family in ("fgsm", "bim", "pgd", "mifgsm", "apgd", "iterative_target_class"):
         rates = [s["n_success"] / s["n_attacked"]
                  for (a, _), s in summary.items() if a == family]
         assert min(rates) < 0.9 and max(rates) > 0.5, (family, rates)
     # the split covers load_digits() exactly once
     both = np.concatenate([d.train_index, d.test_index])
     np.testing.assert_array_equal(np.sort(both), np.arange(1797))
+
+
+def test_boundary_attacks_and_apgd(digits_detection):
+    """CW-L2, DeepFool and APGD-CE are in the set, with their successes recorded."""
+    d = digits_detection
+    summary = {(s["attack"], s["eps"]): s for s in d.attack_summary}
+    configs = {(name, eps): params
+               for name, eps, params in ddmod.DIGITS_DETECTION_CONFIG["attacks"]}
+    n_correct = int(np.sum(d.attack == "authentic"))
+    for name in ("cw_l2", "deepfool"):
+        s = summary[(name, None)]
+        rows = d.attack == name
+        # kept rows: reported successes the extractor confirms (boundary
+        # points may round back to the true class and be dropped)
+        assert rows.sum() == s["n_adversarial"] == s["n_success"] - s["n_inconsistent"]
+        assert np.all(d.y[rows] == 1) and np.all(np.isnan(d.eps[rows]))
+        assert np.all(d.pred_class[rows] != d.true_class[rows])
+        assert set(d.groups[rows].tolist()) <= set(d.groups[d.attack == "authentic"].tolist())
+        # no budget: a minimal-perturbation attack fools (almost) every image
+        assert s["n_success"] >= 0.9 * s["n_attacked"], (name, s)
+    assert summary[("cw_l2", None)]["n_attacked"] == configs[("cw_l2", None)]["max_images"]
+    assert summary[("deepfool", None)]["n_attacked"] == n_correct
+    for eps in (0.1, 0.2):
+        s, pgd = summary[("apgd", eps)], summary[("pgd", eps)]
+        rows = (d.attack == "apgd") & (d.eps == eps)
+        assert s["n_attacked"] == n_correct and rows.sum() == s["n_adversarial"] > 0
+        # APGD is at least as strong as 10-step PGD at the same budget
+        assert s["n_success"] >= pgd["n_success"] - 0.02 * n_correct, (eps, s, pgd)
+    assert summary[("apgd", 0.1)]["n_success"] < summary[("apgd", 0.2)]["n_success"]
 
 
 def test_invariants(digits_detection):
@@ -242,7 +274,7 @@ def test_interrupted_build_leaves_no_complete_cache(tmp_path, monkeypatch):
     for k in ARRAYS:
         np.testing.assert_array_equal(data[k], expected[k], err_msg=k)
     complete = [n for n in _cache_dirs(home) if not n.startswith(".tmp-")]
-    assert len(complete) == 1 and complete[0].startswith("v1-rs0-")
+    assert len(complete) == 1 and complete[0].startswith(f"v{ddmod._CACHE_VERSION}-rs0-")
     meta = json.loads((Path(home) / "digits_detection" / complete[0] / "meta.json").read_text())
     assert meta["complete"] is True
 

@@ -23,7 +23,7 @@ from ..datasets import _ARRAYS, _is_complete, _load_cache, _write_cache, get_dat
 __all__ = ["load_digits_detection", "DIGITS_DETECTION_CONFIG"]
 
 #: Bumped whenever the build changes what it produces for the same arguments.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _CACHE_DIR = "digits_detection"
 
 
@@ -43,6 +43,21 @@ def _digits_attacks():
     attacks.append(
         ("lbfgs", None, {"max_images": 100, "binary_search_steps": 4, "max_iter": 30})
     )
+    # the minimal-perturbation attacks have no budget.  CW-L2 is the slowest
+    # attack of the set (5 x 100 Adam steps), so it runs on a subset like
+    # L-BFGS; its Adam rate is 0.1 in the tanh space instead of the paper's
+    # 0.01, which was tuned for 3,072 pixels of 256 levels: on 64 pixels of
+    # 17 levels 0.01 left some images unfooled after 5 x 100 steps and found
+    # larger perturbations than DeepFool, 0.1 fools all with smaller ones
+    attacks.append(("cw_l2", None, {"max_images": 200, "lr": 0.1}))
+    attacks.append(("deepfool", None, {}))
+    # APGD-CE at the budgets of PGD where it is informative: 8/255 (half a
+    # grey level of the 17-level digits) would fool almost nothing, and eps
+    # 0.05 fools about one image in eight.  50 iterations instead of 100:
+    # the step-halving checkpoints scale with n_iter, and on this CNN 100
+    # iterations fool the same share of images at twice the cost
+    for eps in (0.1, 0.2):
+        attacks.append(("apgd", eps, {"n_iter": 50}))
     attacks.append(("gaussian_noise", 0.3, {}))
     attacks.append(("sign_noise", 0.2, {}))
     for eps in (0.2, 0.3):
@@ -123,6 +138,11 @@ def _build(random_state, progress):
 
 def _describe(arrays, meta):
     layout = FeatureLayout.from_dict(meta["layout"])
+    configs = meta["config"]["attacks"]
+    (lbfgs,) = [p for name, _, p in configs if name == "lbfgs"]
+    (cw,) = [p for name, _, p in configs if name == "cw_l2"]
+    apgd_eps = [e for name, e, _ in configs if name == "apgd"]
+    (apgd_iter,) = {p["n_iter"] for name, _, p in configs if name == "apgd"}
     lines = [
         ".. _digits_detection:",
         "",
@@ -148,19 +168,31 @@ def _describe(arrays, meta):
         "classifies correctly (their ``attack`` says which noise); ``y = 1``: "
         "the successful adversarial images (and the noise images it now gets wrong).",
         "- ``groups``: index in ``load_digits()`` of the source image (use it "
-        "with GroupKFold); ``attack``, ``eps`` (NaN for authentic rows and "
-        "L-BFGS), ``true_class``, ``pred_class`` (argmax of the logits block), "
+        "with GroupKFold); ``attack``, ``eps`` (NaN for authentic rows and the "
+        "attacks without a budget: L-BFGS, CW-L2, DeepFool), ``true_class``, "
+        "``pred_class`` (argmax of the logits block), "
         "``target`` (targeted attacks, else -1).",
         "- ``X_errors`` (+ ``errors_groups``, ``errors_true_class``, "
         "``errors_pred_class``): the natural errors, test images the CNN gets wrong.",
         "- ``train_index``, ``test_index``: the split of ``load_digits()``.",
         "",
         "Every attack runs on all correctly classified test images, except "
-        "L-BFGS, which is slow and runs on a seeded random subset of 100 of them "
-        "(4 values of its constant, at most 30 L-BFGS-B iterations each). BIM "
+        "L-BFGS and CW-L2, which are slow and run on seeded random subsets of "
+        f"{lbfgs['max_images']} (L-BFGS: {lbfgs['binary_search_steps']} values of "
+        f"its constant, at most {lbfgs['max_iter']} L-BFGS-B iterations each) and "
+        f"{cw['max_images']} of them (CW-L2: 5 values of c, 100 Adam steps each at "
+        f"rate {cw['lr']:g} in the tanh space; the paper's 0.01 suits 3,072 pixels "
+        "of 256 levels, and left digits unfooled with larger perturbations). BIM "
         "and the iterative target class attack take steps of eps/5 (10 steps) "
         "and eps/10 (20 steps): one pixel level (1/255) would be meaningless on "
         "17-level digits.",
+        "",
+        "The minimal-perturbation attacks CW-L2 and DeepFool (L2, overshoot "
+        "0.02) have no budget: they stop just past the decision boundary. "
+        "APGD-CE runs at eps "
+        f"{', '.join(f'{e:g}' for e in apgd_eps)} ({apgd_iter} iterations), the "
+        "budgets at which PGD fools some but not all digits: the usual 8/255 is "
+        "half a grey level of the 17-level digits and would fool almost none.",
         "",
         f"Rows: {len(arrays['y'])} ({int(np.sum(arrays['y'] == 0))} authentic, "
         f"{int(np.sum(arrays['y']))} adversarial); {len(arrays['X_errors'])} "
@@ -193,12 +225,14 @@ def load_digits_detection(
     The first call trains a small CNN on half of
     :func:`sklearn.datasets.load_digits`, extracts its pooled hidden-layer
     features and logits, attacks the correctly classified test images with
-    FGSM, BIM, PGD, MI-FGSM (eps 0.05, 0.1, 0.2), L-BFGS, Gaussian and sign
-    noise and the iterative target class attack, and caches the result under
-    ``get_data_home(data_home)`` (well under a minute on two CPU cores; the
-    cache is a few MB).  Later calls load the cache without importing torch.
-    The cache is written to a temporary folder and renamed into place, so an
-    interrupted build never leaves a cache that looks complete.
+    FGSM, BIM, PGD, MI-FGSM (eps 0.05, 0.1, 0.2), L-BFGS, CW-L2, DeepFool,
+    APGD-CE (eps 0.1, 0.2), Gaussian and sign noise and the iterative target
+    class attack, and caches the result under ``get_data_home(data_home)``
+    (well under a minute on two CPU cores; the cache is a few MB).  The
+    ``DESCR`` says which budgets each attack gets and why.  Later calls load
+    the cache without importing torch.  The cache is written to a temporary
+    folder and renamed into place, so an interrupted build never leaves a
+    cache that looks complete.
 
     Parameters
     ----------

@@ -3,9 +3,11 @@
 :func:`reproduce` is what ``advdet reproduce`` runs.  From the JPEG CIFAR-10
 tars (``train.tar``: the reference set, ``test.tar``: the images that are
 attacked) and a CIFAR ResNet it builds a detection set with
-:func:`~sklearn_advdet.deep.detection.build_detection_set` (L-BFGS, FGSM, BIM,
-PGD and MI-FGSM, the last four at eps 4, 8 and 16/255), splits it by *source
-image* into 70 % train, 10 % validation and 20 % test, and writes
+:func:`~sklearn_advdet.deep.detection.build_detection_set` (the papers'
+L-BFGS, FGSM, BIM, PGD and MI-FGSM, the last four at eps 4, 8 and 16/255; and
+the minimal-perturbation attacks CW-L2 and DeepFool with APGD-CE at 8/255,
+which the papers did not run), splits it by *source image* into 70 % train,
+10 % validation and 20 % test, and writes
 
 * the analogue of Table 2 of Carrara et al., "Adversarial examples detection
   in features distance spaces" (ECCV-W 2018): LSTM / MLP detectors on
@@ -22,8 +24,8 @@ as Markdown (``results.md``), JSON (``results.json``) and PNG figures, with
 the timing of every stage and the machine.
 
 Three sizes (see :data:`SIZES`): ``"tiny"`` (a smoke test, about a minute),
-``"default"`` (the whole training set as reference, 1,500 test images; 6 minutes
-for ResNet-20 and about 15 for ResNet-56 on an idle 2-core CPU machine) and
+``"default"`` (the whole training set as reference, 1,500 test images; a 2-core
+CPU machine's times are in ``benchmarks/results/reproduce_resnet*.md``) and
 ``"full"`` (the papers' sizes, for a GPU).
 """
 
@@ -38,12 +40,14 @@ import numpy as np
 
 from .._device import resolve_device
 from .._progress import get_logger
-from ._reproduce_config import EPS_255, FAMILIES, SIZES, _DEPTHS, _FAMILY_NAMES, _SPLIT
+from ._reproduce_config import (EPS_255, FAMILIES, FAMILY_EPS_255, SIZES, _BUILD_ORDER,
+                                _DEPTHS, _FAMILY_NAMES, _SPLIT, _attack_specs,
+                                _eps_columns)
 from ._reproduce_papers import _paper1, _paper2, _roc_figure
 from ._reproduce_report import _deviations, _markdown
 
-__all__ = ["SIZES", "FAMILIES", "reproduce", "locate_cifar_tars", "locate_weights",
-           "machine_info"]
+__all__ = ["SIZES", "FAMILIES", "EPS_255", "FAMILY_EPS_255", "reproduce",
+           "locate_cifar_tars", "locate_weights", "machine_info"]
 
 
 # ------------------------------------------------------------------ inputs
@@ -137,25 +141,6 @@ def machine_info():
     except OSError:  # pragma: no cover - not on every platform
         info["load_average_at_start"] = None
     return info
-
-
-def _attack_specs(cfg, random_state):
-    from ..deep.attacks import eps_from_255
-
-    specs = []
-    lb = dict(cfg["lbfgs_params"])
-    lb.update(label="L-BFGS", max_images=int(cfg["lbfgs_images"]))
-    specs.append(("lbfgs", None, lb))
-    for family, name in FAMILIES[1:]:
-        for e in EPS_255:
-            eps = eps_from_255(e)
-            params = {"label": family}
-            it = cfg["iterative"]
-            if it is not None and name != "fgsm":
-                params["n_iter"] = int(it["n_iter"])
-                params["alpha"] = float(it["alpha_frac"]) * eps
-            specs.append((name, eps, params))
-    return specs
 
 
 def _eps_key(family, eps):
@@ -308,7 +293,7 @@ def reproduce(data_dir, depth=20, weights=None, out_dir="advdet-reproduce", *,
     return res
 
 
-_EPS_COLUMNS = ["L-BFGS"] + [f"{f}-{e}" for f in _FAMILY_NAMES[1:] for e in EPS_255]
+_EPS_COLUMNS = _eps_columns()
 
 
 def _check_weights_path(data_dir, depth, weights):
@@ -353,11 +338,10 @@ def _build_set(model, ref_images, ref_labels, test_images, test_labels, cfg, dev
     """
     from ..deep.detection import build_detection_set
 
-    specs = _attack_specs(cfg, random_state)
-    order = ["fgsm", "bim", "pgd", "mifgsm", "lbfgs"]
+    specs = _attack_specs(cfg)
     labels = {name: family for family, name in FAMILIES}
     done, data = [], None
-    for name in order:
+    for name in _BUILD_ORDER:
         done += [s for s in specs if s[0] == name]
         t0 = time.perf_counter()
         data = build_detection_set(
@@ -365,7 +349,7 @@ def _build_set(model, ref_images, ref_labels, test_images, test_labels, cfg, dev
             layers="cifar_resnet", device=device, random_state=random_state,
             progress=progress, out_dir=cache)
         stage = f"attack {labels[name]}"
-        if name == order[0]:
+        if name == _BUILD_ORDER[0]:
             stage = f"features (reference + test) and {stage}"
         timings[stage] = time.perf_counter() - t0
         log(f"{stage}: {timings[stage]:.1f} s")
@@ -377,6 +361,8 @@ def _build_set(model, ref_images, ref_labels, test_images, test_labels, cfg, dev
 
 def _data_summary(data, n_images, splits):
     rows_in = {name: int(np.isin(data.groups, ids).sum()) for name, ids in splits.items()}
+    on_test = np.isin(data.groups, splits["test"])
+    adv_test = {f: int(np.sum(on_test & (data.family == f))) for f in _FAMILY_NAMES}
     attacks = []
     for a in data.attack_summary:
         eps = a.get("eps")
@@ -404,6 +390,8 @@ def _data_summary(data, n_images, splits):
             "n_train_rows": rows_in["train"],
             "n_val_rows": rows_in["val"],
             "n_test_rows": rows_in["test"],
+            "n_authentic_test_rows": int(np.sum(on_test & (data.y == 0))),
+            "n_adversarial_test_rows": adv_test,
         },
     }
 
