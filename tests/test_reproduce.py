@@ -206,3 +206,39 @@ def test_bad_inputs(shared_data, tmp_path):
     with pytest.raises(ValueError, match="random_state"):
         reproduce(shared_data, 20, None, tmp_path / "out", random_state=None, log=None)
     assert not (tmp_path / "out").exists()
+
+
+def test_paper2_whitens_a_layer_with_a_dead_channel():
+    """A channel constant over the references (a dead ReLU, as in ResNet-20's
+    layer3.0) has no variance to whiten: the kNN table keeps the live ones."""
+    from sklearn.utils import Bunch
+
+    from sklearn_advdet import FeatureLayout
+    from sklearn_advdet.experiments._reproduce_papers import _live_channels, _paper2
+
+    rng = np.random.default_rng(0)
+    layout = FeatureLayout([6, 3], names=["block", "logits"], has_logits=True)
+
+    def rows(n, classes):
+        feats = rng.normal(size=(n, 6)) + classes[:, None]
+        feats[:, 2] = 0.5  # the dead channel
+        logits = np.eye(3)[classes] * 5 + rng.normal(scale=0.1, size=(n, 3))
+        return np.hstack([feats, logits]).astype(np.float32)
+
+    y_ref = np.arange(90) % 3
+    X_ref = rows(90, y_ref)
+    assert _live_channels(X_ref[:, :6]) == 5
+    y = np.r_[np.zeros(30, int), np.ones(20, int)]
+    classes = rng.integers(0, 3, size=50)
+    X = rows(50, classes)
+    X[30:, :6] += rng.normal(scale=3.0, size=(20, 6)) * (np.arange(6) != 2)
+    family = np.where(y == 1, "FGSM", "authentic")
+    data = Bunch(X=X, y=y, family=family, X_ref=X_ref, y_ref=y_ref, layout=layout,
+                 X_errors=rows(4, np.array([0, 1, 2, 0])))
+    out, k, _ = _paper2(data, {"knn_layers": 1, "n_neighbors": 10}, None, 0, lambda *a: None)
+    assert k == 10 and len(out) == 9
+    pca = [r for r in out if r["preprocessing"] == "PCA-whitening"]
+    assert len(pca) == 3
+    for r in pca:
+        assert _finite_unit(r["eer_accuracy"]["FGSM"]) and _finite_unit(r["aggregated"])
+        assert np.isfinite(r["threshold"])

@@ -98,6 +98,17 @@ def _roc_figure(path, y, family, rows, scores, title):
 
 
 # ------------------------------------------------------------------ paper 2
+def _live_channels(Z):
+    """Channels of a layer that vary over the reference rows (at least 1).
+
+    A dead channel (a ReLU output pooled to the same value for every image:
+    ResNet-20's layer3.0 has one) gives a principal component without
+    variance, which whitening cannot scale; the paper's PCA whitening keeps
+    the live ones.
+    """
+    return max(int(np.count_nonzero(np.ptp(Z, axis=0) > 0)), 1)
+
+
 def _paper2(data, cfg, n_jobs, random_state, log):
     layout = data.layout
     names = layout.layer_names
@@ -109,10 +120,12 @@ def _paper2(data, cfg, n_jobs, random_state, log):
     predicted = np.argmax(Q[:, layout.logits_slice], axis=1)
     rows, timings = [], {}
     for layer in chosen:
+        n_live = _live_channels(data.X_ref[:, layout.slice_of(layer)])
         for pre_name, pre in _KNN_PREPROCESSING:
             t0 = time.perf_counter()
             scorer = KNNClassScorer(layer_sizes=layout, layers=[layer], n_neighbors=k,
-                                    preprocessing=pre, backend="exact", n_jobs=n_jobs,
+                                    preprocessing=pre, n_components=min(256, n_live),
+                                    backend="exact", n_jobs=n_jobs,
                                     random_state=random_state).fit(data.X_ref, data.y_ref)
             all_scores = {w: np.empty(len(Q)) for _, w in _KNN_WEIGHTS}
             for lo in range(0, len(Q), _KNN_CHUNK):  # bounded memory: k per row

@@ -73,7 +73,9 @@ def _markdown(res):
         "validation macro AUC, best epoch restored.",
         f"- kNN: k = {res['paper2']['k']} (the paper's 1000 of 50,000, scaled to the "
         "reference size), "
-        "exact search; PCA whitening keeps min(256, layer width) components; evaluated on "
+        "exact search; PCA whitening keeps min(256, live channels) components (a dead "
+        "channel, constant over the reference set, has no variance to whiten); "
+        "evaluated on "
         "all detection rows (no training involved).",
         "",
         "Attack success (successful / attacked):",
