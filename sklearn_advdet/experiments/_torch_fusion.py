@@ -167,32 +167,15 @@ class _FusionHead(nn.Module):
         return z
 
 
-def _convert_classifier(est):
-    """The fusion's supervised component as a module giving its score."""
-    from sklearn.pipeline import Pipeline
-
-    from ._torch_heads import convert_head
-    from ._torch_steps import _convert_transformer, _Sequential, _unwrap
-    from ._torch_trees import HGBHead
-
-    est = _unwrap(est)
-    if isinstance(est, Pipeline):
-        steps = [_unwrap(s) for _, s in est.steps if s not in (None, "passthrough")]
-        return _Sequential([_convert_transformer(s, False, 0.1) for s in steps[:-1]]
-                           + [_convert_classifier(steps[-1])])
-    if type(est).__name__ == "HistGradientBoostingClassifier":
-        convert_head(est)  # its checks
-        # float64, as the calibration scores it is compared with
-        return HGBHead(est, dtype=torch.float64)
-    return convert_head(est)
-
-
-def convert_final(est, surrogate=False, classifier_surrogate=None):
+def convert_final(est, convert_classifier, surrogate=False, classifier_surrogate=None):
     """AuthenticDensityDetector or ConformalFusionDetector (last step) as a torch module.
 
-    ``classifier_surrogate``: a converted module on the fusion's features
-    whose gradient stands in for its supervised component's in surrogate mode.
+    ``convert_classifier(est)`` converts the fusion's supervised component to
+    a module giving its score (decision function or logit), in float64 where
+    it is a sum (boosted trees); ``classifier_surrogate``: a converted module
+    on the fusion's features whose gradient stands in for that component's
+    in surrogate mode.
     """
     if type(est).__name__ == "AuthenticDensityDetector":
         return _AuthenticHead(est, surrogate)
-    return _FusionHead(est, surrogate, _convert_classifier, classifier_surrogate)
+    return _FusionHead(est, surrogate, convert_classifier, classifier_surrogate)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["convert_head", "HEAD_STEPS"]
+__all__ = ["convert_head", "check_binary_classes", "HEAD_STEPS"]
 
 #: the last steps :func:`convert_head` knows (class names)
 HEAD_STEPS = ("LogisticRegression", "MLPDetector", "SequenceLSTMDetector",
@@ -74,7 +74,7 @@ class _ThresholdHead(nn.Module):
         return (self.sign * X[:, self.column].to(torch.float64) - self.offset).to(torch.float32)
 
 
-def _check_binary_classes(est, name):
+def check_binary_classes(est, name):
     classes = np.asarray(getattr(est, "classes_", []))
     if classes.shape != (2,) or not np.array_equal(classes, [0, 1]):
         raise ValueError(
@@ -83,29 +83,29 @@ def _check_binary_classes(est, name):
             "y in {0, 1}")
 
 
-def convert_head(est, surrogate=False, classifier_surrogate=None):
-    """The fitted last step ``est`` as a module giving the detector's logit."""
-    name = type(est).__name__
-    if name in ("AuthenticDensityDetector", "ConformalFusionDetector"):
-        from ._torch_fusion import convert_final
+def convert_head(est, float64=False):
+    """The fitted last step ``est`` as a module giving the detector's logit.
 
-        _check_binary_classes(est, name)
-        return convert_final(est, surrogate, classifier_surrogate)
+    The conformal last steps (AuthenticDensityDetector,
+    ConformalFusionDetector) are converted by ``_torch_fusion``;
+    ``float64``: boosted trees return their float64 sum.
+    """
+    name = type(est).__name__
     if name in ("MLPDetector", "SequenceLSTMDetector"):
-        _check_binary_classes(est, name)
+        check_binary_classes(est, name)
         return _NetHead(est)
     if name == "LogisticRegression":
-        _check_binary_classes(est, name)
+        check_binary_classes(est, name)
         if est.coef_.shape[0] != 1:
             raise ValueError("LogisticRegression must be binary (one row of coef_)")
         return _LinearHead(est)
     if name == "HistGradientBoostingClassifier":
         from ._torch_trees import HGBHead
 
-        _check_binary_classes(est, name)
-        return HGBHead(est)
+        check_binary_classes(est, name)
+        return HGBHead(est, dtype=torch.float64 if float64 else torch.float32)
     if name == "ScoreThresholdDetector":
-        _check_binary_classes(est, name)
+        check_binary_classes(est, name)
         return _ThresholdHead(est)
     raise TypeError(
         f"cannot convert the final step {name} to torch: the guarded model's last "

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._torch_heads import HEAD_STEPS, _Buffers, convert_head
+from ._torch_fusion import convert_final
+from ._torch_heads import HEAD_STEPS, _Buffers, check_binary_classes, convert_head
 
 __all__ = ["convert_detector", "find_layout", "CONVERTIBLE_STEPS"]
 
@@ -353,6 +354,27 @@ def _convert_transformer(est, surrogate, temperature):
         "sklearn_advdet.experiments._torch_steps")
 
 
+def _convert_classifier(est):
+    """A conformal fusion's supervised component as a module giving its score."""
+    from sklearn.pipeline import Pipeline
+
+    est = _unwrap(est)
+    if isinstance(est, Pipeline):
+        steps = [_unwrap(s) for _, s in est.steps if s not in (None, "passthrough")]
+        return _Sequential([_convert_transformer(s, False, 0.1) for s in steps[:-1]]
+                           + [_convert_classifier(steps[-1])])
+    # float64 sums (boosted trees), as the calibration scores they are compared with
+    return convert_head(est, float64=True)
+
+
+def _convert_last(est, surrogate, helper):
+    name = type(est).__name__
+    if name in ("AuthenticDensityDetector", "ConformalFusionDetector"):
+        check_binary_classes(est, name)
+        return convert_final(est, _convert_classifier, surrogate, helper)
+    return convert_head(est)
+
+
 def convert_detector(pipeline, *, surrogate=False, knn_temperature=0.1,
                      classifier_surrogate=None):
     """A torch module mapping feature rows ``X`` to the detector's logit.
@@ -404,9 +426,9 @@ def convert_detector(pipeline, *, surrogate=False, knn_temperature=0.1,
                                   knn_temperature=knn_temperature)
     if isinstance(est, Pipeline):
         body = [_convert_transformer(s, surrogate, knn_temperature) for s in steps[:-1]]
-        module = _Sequential(body + [convert_head(steps[-1], surrogate, helper)])
+        module = _Sequential(body + [_convert_last(steps[-1], surrogate, helper)])
     else:
-        module = convert_head(est, surrogate, helper)
+        module = _convert_last(est, surrogate, helper)
     return module.eval()
 
 
