@@ -312,6 +312,11 @@ class _LayerSequence(nn.Module):
 
 
 # ------------------------------------------------------------- the walker
+def _pipeline_steps(est):
+    """A Pipeline's steps, FrozenEstimator unwrapped, None / "passthrough" left out."""
+    return [_unwrap(s) for _, s in est.steps if s not in (None, "passthrough")]
+
+
 def _unwrap(step):
     from sklearn.frozen import FrozenEstimator
 
@@ -327,7 +332,7 @@ def _convert_transformer(est, surrogate, temperature):
     name = type(est).__name__
     if isinstance(est, Pipeline):
         return _Sequential([_convert_transformer(s, surrogate, temperature)
-                            for _, s in est.steps if s not in (None, "passthrough")])
+                            for s in _pipeline_steps(est)])
     if isinstance(est, FeatureUnion):
         parts, weights = [], []
         for n, t in est.transformer_list:
@@ -360,7 +365,7 @@ def _convert_classifier(est):
 
     est = _unwrap(est)
     if isinstance(est, Pipeline):
-        steps = [_unwrap(s) for _, s in est.steps if s not in (None, "passthrough")]
+        steps = _pipeline_steps(est)
         return _Sequential([_convert_transformer(s, False, 0.1) for s in steps[:-1]]
                            + [_convert_classifier(steps[-1])])
     # float64 sums (boosted trees), as the calibration scores they are compared with
@@ -410,8 +415,7 @@ def convert_detector(pipeline, *, surrogate=False, knn_temperature=0.1,
 
     est = _unwrap(pipeline)
     check_is_fitted(est)
-    steps = ([_unwrap(s) for _, s in est.steps if s not in (None, "passthrough")]
-             if isinstance(est, Pipeline) else [est])
+    steps = _pipeline_steps(est) if isinstance(est, Pipeline) else [est]
     helper = None
     if classifier_surrogate is not None:
         last = type(steps[-1]).__name__
@@ -441,7 +445,7 @@ def find_layout(pipeline):
     def walk(est, first):
         est = _unwrap(est)
         if isinstance(est, Pipeline):
-            steps = [s for _, s in est.steps if s not in (None, "passthrough")]
+            steps = _pipeline_steps(est)
             walk(steps[0], first)
         elif isinstance(est, FeatureUnion):
             for _, t in est.transformer_list:
