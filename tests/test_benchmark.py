@@ -4,6 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from sklearn_advdet import load_digits_detection
 from sklearn_advdet.evaluation import detection_report
@@ -214,3 +217,44 @@ def test_default_detectors_features_are_applied_once(small, mode):
                                    "AuthenticDensityDetector")
     X = small["X"][:50]
     np.testing.assert_array_equal(prefix.transform(X), det[:-1].transform(X))
+
+
+_FITS = []
+
+
+class _CountingLogistic(LogisticRegression):
+    def fit(self, X, y, sample_weight=None):
+        _FITS.append(len(y))
+        return super().fit(X, y, sample_weight=sample_weight)
+
+
+def _counting():
+    return make_pipeline(StandardScaler(), _CountingLogistic(max_iter=2000))
+
+
+def test_cells_that_train_on_the_same_rows_share_one_fit(small, tmp_path):
+    """The transfer matrix fits a detector once per training family (3), not once
+    per cell (9), and every cell's scores equal those of its own fresh fit."""
+    from sklearn.utils import Bunch
+
+    from sklearn_advdet.experiments._benchmark_protocols import protocol_splits, run_cells
+
+    data = Bunch(**small)
+    splits = protocol_splits("transfer", data, test_size=0.3, random_state=0)
+    assert len(splits) == 9
+    _FITS.clear()
+    cells, _ = run_cells("transfer", splits, {"lr": _counting()}, data, tmp_path)
+    assert len(_FITS) == 3
+    for (tr_name, te_name, train, test), (a, b, test_idx, scores) in zip(splits, cells["lr"]):
+        assert (tr_name, te_name) == (a, b)
+        np.testing.assert_array_equal(test, test_idx)
+        fresh = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        fresh.fit(data.X[train], data.y[train])
+        np.testing.assert_allclose(scores, fresh.decision_function(data.X[test]), rtol=1e-10)
+    # resumed with one cell lost: one refit of that cell's training side only
+    lost = tmp_path / "transfer" / "lr" / f"{splits[4][0]}__{splits[4][1]}.npz"
+    lost.unlink()
+    _FITS.clear()
+    again, _ = run_cells("transfer", splits, {"lr": _counting()}, data, tmp_path)
+    assert len(_FITS) == 1
+    np.testing.assert_array_equal(again["lr"][4][3], cells["lr"][4][3])

@@ -8,6 +8,9 @@ cells it had not finished.  The frozen leading steps of a detector (its
 reference steps: pivots, kNN index, class means, a peer) give the same
 features in every split: they are applied once to all rows and cached under
 ``<out_dir>/cache/features/<detector>.npz``; each cell fits the rest.
+Splits that train on the same rows (the transfer matrix's row A -> B, A -> C,
+..., every split of the unseen protocol) share one fit: a detector is fitted
+once per distinct training side, not once per cell.
 """
 
 import os
@@ -146,12 +149,33 @@ def _from_cache(path, test, extra):
     return None
 
 
-def _cell(cache, estimator, X, y, train, test, extra=None):
+class _LastFit:
+    """The detector fitted on the most recent training rows, refitted when they change.
+
+    The splits of a protocol that share a training side come one after the
+    other (the transfer matrix row by row), so remembering one fit is enough
+    and keeps a single fitted detector in memory.
+    """
+
+    def __init__(self, estimator, X, y):
+        self.estimator, self.X, self.y = estimator, X, y
+        self._train, self._fitted = None, None
+        self.n_fits = 0
+
+    def __call__(self, train):
+        if self._train is None or not np.array_equal(self._train, train):
+            self._fitted = clone(self.estimator).fit(self.X[train], self.y[train])
+            self._train = np.asarray(train).copy()
+            self.n_fits += 1
+        return self._fitted
+
+
+def _cell(cache, fitted, X, train, test, extra=None):
     """Test scores of one cell (and of the ``extra`` rows), cached or by fitting."""
     hit = _from_cache(cache, test, extra)
     if hit is not None:
         return hit
-    est = clone(estimator).fit(X[train], y[train])
+    est = fitted(train)
     scores = detection_scores(est, X[test])
     arrays = dict(test=test, scores=scores)
     extra_scores = None
@@ -220,7 +244,7 @@ def run_cells(protocol, splits, detectors, data, cache_dir, *, show_progress=Fal
                    desc=f"protocol {protocol}", unit="fit")
     with bar:
         for name, est in detectors.items():
-            X, rest = None, None
+            X, fitted = None, None
             for tr_name, te_name, train, test in splits:
                 path = Path(cache_dir) / protocol / _slug(name) / (
                     f"{_slug(tr_name)}__{_slug(te_name)}.npz")
@@ -228,7 +252,8 @@ def run_cells(protocol, splits, detectors, data, cache_dir, *, show_progress=Fal
                 if hit is None:
                     if X is None:
                         X, rest = _features_once(name, est, data, cache_dir)
-                    hit = _cell(path, rest, X, data.y, train, test, extra)
+                        fitted = _LastFit(rest, X, data.y)
+                    hit = _cell(path, fitted, X, train, test, extra)
                 scores, extra_scores = hit
                 out[name].append((tr_name, te_name, test, scores))
                 if extra_scores is not None:
