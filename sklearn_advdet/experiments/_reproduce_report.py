@@ -25,7 +25,20 @@ def _table(header, rows):
 
 
 def _markdown(res):
-    c, d, m = res["config"], res["data"], res["machine"]
+    out = _header(res) + _setup(res) + _paper1(res) + _paper2(res)
+    c = res["config"]
+    out += ["## Deviations from the papers", ""]
+    out += [f"- {x}" for x in c["deviations"]]
+    out += ["", "## Timings (s)", ""]
+    out.append(_table(["stage", "seconds"],
+                      [[k, f"{v:.1f}"] for k, v in res["timings"].items()]))
+    out.append("")
+    return "\n".join(out)
+
+
+def _header(res):
+    """Title, machine, total time and the run's note."""
+    c, m = res["config"], res["machine"]
     out = [f"# Reproduction on CIFAR-10: ResNet-{c['depth']} (size `{c['size']}`)", ""]
     out += [
         f"Date: {m['date']}. Machine: {m['platform']}, {m['cpu_count']} CPU(s) "
@@ -40,7 +53,13 @@ def _markdown(res):
     ]
     if c.get("note"):
         out += [c["note"], ""]
-    out += ["## Set-up", ""]
+    return out
+
+
+def _setup(res):
+    """The set-up section and the attack success table."""
+    c, d = res["config"], res["data"]
+    out = ["## Set-up", ""]
     out += [
         f"- Model: ResNet-{c['depth']} (`{Path(c['weights']).name}`), hooked blocks: "
         f"{', '.join(d['layer_names'])} (globally average-pooled) + logits.",
@@ -86,8 +105,13 @@ def _markdown(res):
         [[a["attack"], "-" if a["eps"] is None else f"{a['eps255']}/255", a["n_attacked"],
           a["n_adversarial"], _fmt(a["n_adversarial"] / max(a["n_attacked"], 1))]
          for a in d["attacks"]]))
-    out += ["", "## Paper 1 (features distance spaces): ROC AUC on the test split", ""]
-    p1 = res["paper1"]
+    return out
+
+
+def _paper1(res):
+    """Paper 1's tables (ROC AUC per family and per eps) and its figure."""
+    d, p1 = res["data"], res["paper1"]
+    out = ["", "## Paper 1 (features distance spaces): ROC AUC on the test split", ""]
     out.append(_table(
         ["detector", "pivots", "distance"] + _FAMILY_NAMES + ["macro AUC", "epochs"],
         [[r["detector"], r["pivots"], r["metric"]]
@@ -112,7 +136,13 @@ def _markdown(res):
         out += ["", f"![ROC, best configuration per attack]({res['figures']['roc']})", "",
                 "Best configuration per attack: "
                 + "; ".join(f"{k}: {v}" for k, v in p1["best_per_attack"].items()) + "."]
-    out += ["", "## Paper 2 (kNN class score): accuracy at the EER threshold", ""]
+    return out
+
+
+def _paper2(res):
+    """Paper 2's table (EER accuracy of the kNN class scores)."""
+    d = res["data"]
+    out = ["", "## Paper 2 (kNN class score): accuracy at the EER threshold", ""]
     out.append(_table(
         ["layer", "scoring", "preprocessing"] + _FAMILY_NAMES
         + ["aggregated", "natural errors flagged"],
@@ -127,13 +157,7 @@ def _markdown(res):
             "means adversarial; an EER accuracy below 0.5 means that attack's adversarial "
             "images get *higher* scores for their (wrong) predicted class than the "
             "authentic images get for theirs.", ""]
-    out += ["## Deviations from the papers", ""]
-    out += [f"- {x}" for x in c["deviations"]]
-    out += ["", "## Timings (s)", ""]
-    out.append(_table(["stage", "seconds"],
-                      [[k, f"{v:.1f}"] for k, v in res["timings"].items()]))
-    out.append("")
-    return "\n".join(out)
+    return out
 
 
 def _boundary_attacks(c):
