@@ -97,16 +97,19 @@ _SPLIT = (0.7, 0.1, 0.2)
 _DEPTHS = (20, 32, 44, 56, 110)
 
 
+#: attacks run on a seeded subset of at most ``<prefix>_images`` images with
+#: ``<prefix>_params``: name -> the prefix of their keys in ``SIZES``
+_SUBSET_ATTACKS = {"lbfgs": "lbfgs", "cw_l2": "cw"}
+
+
 def _attack_specs(cfg):
     """The attack configurations of a size, one family label each."""
     specs = []
     for family, name in FAMILIES:
-        if name == "lbfgs":
-            specs.append((name, None, {**cfg["lbfgs_params"], "label": family,
-                                       "max_images": int(cfg["lbfgs_images"])}))
-        elif name == "cw_l2":
-            specs.append((name, None, {**cfg["cw_params"], "label": family,
-                                       "max_images": int(cfg["cw_images"])}))
+        if name in _SUBSET_ATTACKS:  # slow: a random subset of the images
+            prefix = _SUBSET_ATTACKS[name]
+            specs.append((name, None, {**cfg[f"{prefix}_params"], "label": family,
+                                       "max_images": int(cfg[f"{prefix}_images"])}))
         elif name == "deepfool":
             specs.append((name, None, {**cfg["deepfool_params"], "label": family}))
         else:
