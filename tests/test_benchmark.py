@@ -258,3 +258,24 @@ def test_cells_that_train_on_the_same_rows_share_one_fit(small, tmp_path):
     again, _ = run_cells("transfer", splits, {"lr": _counting()}, data, tmp_path)
     assert len(_FITS) == 1
     np.testing.assert_array_equal(again["lr"][4][3], cells["lr"][4][3])
+
+
+def test_detectors_with_equal_frozen_steps_share_their_features(tmp_path, caplog):
+    """make_detector's hybrid and supervised modes have the same feature union: the
+    benchmark transforms the rows once for both; the authentic mode's differ."""
+    caplog.set_level("INFO", logger="sklearn_advdet.benchmark")
+    d = load_digits_detection()  # the hybrid's calibration needs more images than `small`
+    m = np.isin(d.groups, np.unique(d.groups)[:500]) & ((d.y == 0) | np.isin(d.attack, FAMILIES))
+    m &= ~np.isin(d.attack, ["gaussian_noise", "sign_noise"])
+    data = {k: d[k][m] for k in ("X", "y", "attack", "groups", "eps")}
+    data.update(X_ref=d.X_ref, y_ref=d.y_ref, layout=d.layer_sizes)
+    names = ["default_hybrid", "default_supervised", "default_authentic"]
+    benchmark.run_benchmark_on_detection_set(data, tmp_path, detectors=names,
+                                             protocols=["known"], n_bootstrap=10)
+    shared = [r.getMessage() for r in caplog.records if "features shared" in r.getMessage()]
+    assert shared == ["default_supervised: features shared with an equal detector's "
+                      "frozen steps"]
+    files = {n: np.load(tmp_path / "cache" / "features" / f"{n}.npz") for n in names}
+    assert str(files["default_hybrid"]["key"]) == str(files["default_supervised"]["key"])
+    assert str(files["default_authentic"]["key"]) != str(files["default_hybrid"]["key"])
+    np.testing.assert_array_equal(files["default_hybrid"]["Z"], files["default_supervised"]["Z"])

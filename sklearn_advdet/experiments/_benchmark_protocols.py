@@ -8,7 +8,8 @@ cells it had not finished.  The frozen leading steps of a detector (its
 reference steps: pivots, kNN index, class means, a peer) give the same
 features in every split: they are applied once to all rows and cached under
 ``<out_dir>/cache/features/<detector>.npz``; each cell fits the rest.
-Splits that train on the same rows (the transfer matrix's row A -> B, A -> C,
+Detectors whose frozen steps are equal (a content hash) share those
+features.  Splits that train on the same rows (the transfer matrix's row A -> B, A -> C,
 ..., every split of the unseen protocol) share one fit: a detector is fitted
 once per distinct training side, not once per cell.
 """
@@ -194,22 +195,56 @@ def _rows(data):
     return np.vstack([np.asarray(data.X), np.asarray(errors, dtype=np.asarray(data.X).dtype)])
 
 
+def _prefix_key(prefix):
+    """Content hash of a fitted frozen prefix, or None when it cannot be hashed.
+
+    Two detectors whose frozen steps are equal (make_detector's hybrid and
+    supervised modes share their feature union) get the same key, so the
+    features are computed once.  Equal keys mean equal fitted states, hence
+    equal features; unequal keys only cost a recomputation.
+    """
+    import joblib
+
+    try:
+        return joblib.hash(prefix)
+    except Exception:  # noqa: BLE001 - an unpicklable step: no sharing, nothing wrong
+        return None
+
+
+def _shared_features(features_dir, key, n_rows):
+    """Features another detector of this cache computed from an equal prefix."""
+    if key is None or not features_dir.is_dir():
+        return None
+    for other in sorted(features_dir.glob("*.npz")):
+        with np.load(other) as f:
+            if "key" in f.files and str(f["key"]) == key and f["Z"].shape[0] == n_rows:
+                return f["Z"]
+    return None
+
+
 def _features_once(name, estimator, data, cache_dir):
     """The detector's input and trainable part: frozen steps applied once (cached).
 
     The input holds the detection rows and, after them, the natural errors.
+    A detector whose frozen steps equal another's reuses its features.
     """
     prefix, rest = split_frozen(estimator)
     rows = _rows(data)
     if prefix is None:
         return rows, rest
-    path = Path(cache_dir) / "features" / f"{_slug(name)}.npz"
+    features_dir = Path(cache_dir) / "features"
+    path = features_dir / f"{_slug(name)}.npz"
     if path.exists():
         with np.load(path) as f:
             if f["Z"].shape[0] == rows.shape[0]:
                 return f["Z"], rest
-    Z = np.asarray(prefix.transform(rows))
-    _save_npz_atomic(path, Z=Z)
+    key = _prefix_key(prefix)
+    Z = _shared_features(features_dir, key, rows.shape[0])
+    if Z is None:
+        Z = np.asarray(prefix.transform(rows))
+    else:
+        _log.info("%s: features shared with an equal detector's frozen steps", name)
+    _save_npz_atomic(path, Z=Z, **({} if key is None else {"key": np.asarray(key)}))
     return Z, rest
 
 
