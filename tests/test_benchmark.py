@@ -114,9 +114,11 @@ def test_resume_and_cache_guard(small, tmp_path):
                                                 "max_softmax.npz"]
     assert len(cells) - len(features) == 2 * (1 + 9)
     stamp = {p: (tmp_path / p).stat().st_mtime_ns for p in cells}
+    # resumed with another n_jobs (it changes no score): the cells are reused, and
+    # the reports, now on two joblib workers, are the same
     again = benchmark.run_benchmark_on_detection_set(
         small, tmp_path, detectors=["max_softmax", "logit_mahalanobis_logistic"],
-        protocols=["known", "transfer"], n_bootstrap=20)
+        protocols=["known", "transfer"], n_bootstrap=20, n_jobs=2)
     assert {p: (tmp_path / p).stat().st_mtime_ns for p in cells} == stamp  # nothing refitted
     assert again["results"] == first["results"]
     # one more detector later: the finished detectors' cells are reused as they are
@@ -279,3 +281,20 @@ def test_detectors_with_equal_frozen_steps_share_their_features(tmp_path, caplog
     assert str(files["default_hybrid"]["key"]) == str(files["default_supervised"]["key"])
     assert str(files["default_authentic"]["key"]) != str(files["default_hybrid"]["key"])
     np.testing.assert_array_equal(files["default_hybrid"]["Z"], files["default_supervised"]["Z"])
+
+
+def test_a_cache_fingerprinted_with_n_jobs_is_still_accepted(small, tmp_path):
+    """Caches written while n_jobs was in the fingerprint resume (same n_jobs) and
+    are migrated; other data is still refused."""
+    import json
+
+    from sklearn_advdet.experiments.benchmark import _check_cache
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "manifest.json").write_text(json.dumps({"fingerprint": "old"}))
+    _check_cache(cache, "new", legacy=("old",))
+    assert json.loads((cache / "manifest.json").read_text()) == {"fingerprint": "new"}
+    _check_cache(cache, "new")
+    with pytest.raises(ValueError, match="another data set or other settings"):
+        _check_cache(cache, "other", legacy=("old",))

@@ -1,6 +1,8 @@
 """Tables and figures of a benchmark from the scores of its cells."""
 
 import numpy as np
+from joblib import Parallel, delayed
+from sklearn.utils import Bunch
 
 from ..evaluation.report import detection_report
 from ._benchmark_detectors import CALIBRATED
@@ -53,41 +55,54 @@ def natural_errors_and_calibration(known, natural, data):
     return out
 
 
-def summarise(cells, data, *, n_bootstrap, random_state, natural_errors=None):
+def summarise(cells, data, *, n_bootstrap, random_state, natural_errors=None, n_jobs=None):
     """JSON-ready results of every protocol from ``{protocol: {detector: cells}}``.
 
     With the known protocol, ``"natural_errors"`` holds
     :func:`natural_errors_and_calibration` (``natural_errors``: the
-    detectors' scores of ``data.X_errors``).
+    detectors' scores of ``data.X_errors``).  The (protocol, detector)
+    reports run through joblib on ``n_jobs`` workers (each bootstrap draws
+    from its own seeded generator, so the results do not depend on
+    ``n_jobs``).
     """
     out = {}
     if cells.get("known"):
         out["natural_errors"] = natural_errors_and_calibration(
             cells["known"], natural_errors or {}, data)
-    for protocol, by_det in cells.items():
-        res = {}
-        for det, rows in by_det.items():
-            if protocol == "known":
-                (_, _, test, scores), = rows
-                res[det] = _report(data, test, scores, n_bootstrap, random_state).to_dict()
-            elif protocol in ("leave_one_attack_out", "unseen"):
-                res[det] = _loao(rows, data, n_bootstrap, random_state)
-            else:
-                train_names = list(dict.fromkeys(r[0] for r in rows))
-                test_names = list(dict.fromkeys(r[1] for r in rows))
-                auc = np.full((len(train_names), len(test_names)), np.nan)
-                cells_out = []
-                for tr, te, test, scores in rows:
-                    rep = _report(data, test, scores, n_bootstrap, random_state)
-                    row = te if protocol == "transfer" else _cross_row_name(data, test, te)
-                    c = _cell_of(rep, row)
-                    auc[train_names.index(tr), test_names.index(te)] = c["auc"]["value"]
-                    cells_out.append({"train": tr, "test": te, **c})
-                res[det] = {"train": train_names, "test": test_names,
-                            "auc": [[None if np.isnan(v) else float(v) for v in r] for r in auc],
-                            "cells": cells_out}
-            out[protocol] = res
+    # the reports need the labels only: the workers are not sent the features
+    slim = Bunch(y=np.asarray(data.y), attack=np.asarray(data.attack),
+                 groups=np.asarray(data.groups))
+    jobs = [(protocol, det) for protocol, by_det in cells.items() for det in by_det]
+    done = Parallel(n_jobs=n_jobs)(
+        delayed(_summarise_one)(protocol, cells[protocol][det], slim, n_bootstrap, random_state)
+        for protocol, det in jobs)
+    for protocol in cells:
+        out[protocol] = {}
+    for (protocol, det), res in zip(jobs, done):
+        out[protocol][det] = res
     return out
+
+
+def _summarise_one(protocol, rows, data, n_bootstrap, random_state):
+    """The results of one detector under one protocol."""
+    if protocol == "known":
+        (_, _, test, scores), = rows
+        return _report(data, test, scores, n_bootstrap, random_state).to_dict()
+    if protocol in ("leave_one_attack_out", "unseen"):
+        return _loao(rows, data, n_bootstrap, random_state)
+    train_names = list(dict.fromkeys(r[0] for r in rows))
+    test_names = list(dict.fromkeys(r[1] for r in rows))
+    auc = np.full((len(train_names), len(test_names)), np.nan)
+    cells_out = []
+    for tr, te, test, scores in rows:
+        rep = _report(data, test, scores, n_bootstrap, random_state)
+        row = te if protocol == "transfer" else _cross_row_name(data, test, te)
+        c = _cell_of(rep, row)
+        auc[train_names.index(tr), test_names.index(te)] = c["auc"]["value"]
+        cells_out.append({"train": tr, "test": te, **c})
+    return {"train": train_names, "test": test_names,
+            "auc": [[None if np.isnan(v) else float(v) for v in r] for r in auc],
+            "cells": cells_out}
 
 
 def _loao(rows, data, n_bootstrap, random_state):

@@ -99,11 +99,15 @@ def _fingerprint(data, settings):
     return h.hexdigest()[:16]
 
 
-def _check_cache(cache, fingerprint):
+def _check_cache(cache, fingerprint, legacy=()):
+    """Refuse a cache made from other data or settings; ``legacy``: older
+    fingerprints of the same cells (accepted, and the manifest updated)."""
     manifest = cache / "manifest.json"
     if manifest.exists():
         old = json.loads(manifest.read_text()).get("fingerprint")
-        if old != fingerprint:
+        if old in legacy:
+            write_text_atomic(manifest, json.dumps({"fingerprint": fingerprint}))
+        elif old != fingerprint:
             raise ValueError(
                 f"{cache} holds cells of another data set or other settings "
                 f"(fingerprint {old} != {fingerprint}): pass another out_dir or "
@@ -165,6 +169,9 @@ def run_benchmark_on_detection_set(data, out_dir, *, detectors=None, protocols=N
         Training epochs of the papers' neural detectors.
     random_state : int, default=0
     n_jobs : int, default=None
+        Workers of the reference steps (kNN search) and of the reports'
+        bootstrap (one joblib task per protocol and detector); the results do
+        not depend on it.
     progress : bool, default=False
         One progress bar per protocol.
 
@@ -187,9 +194,13 @@ def run_benchmark_on_detection_set(data, out_dir, *, detectors=None, protocols=N
                 "max_epochs": max_epochs, "n_jobs": n_jobs, "detectors": sorted(chosen)}
     out = Path(out_dir)
     # cells are kept per detector name: adding a detector to a finished run
-    # reuses the others' cells, so the detector list is not in the fingerprint
-    _check_cache(out / "cache", _fingerprint(data, {k: v for k, v in settings.items()
-                                                    if k not in ("n_bootstrap", "detectors")}))
+    # reuses the others' cells, so the detector list is not in the fingerprint;
+    # nor is n_jobs, which changes no score (caches written while it was are
+    # accepted under their old fingerprint)
+    kept = {k: v for k, v in settings.items() if k not in ("n_bootstrap", "detectors")}
+    _check_cache(out / "cache",
+                 _fingerprint(data, {k: v for k, v in kept.items() if k != "n_jobs"}),
+                 legacy=(_fingerprint(data, kept),))
     built, timings = _fit_reference_steps(chosen, layout, data, settings)
     cells, natural = {}, {}
     for protocol in protocols:
@@ -199,7 +210,7 @@ def run_benchmark_on_detection_set(data, out_dir, *, detectors=None, protocols=N
                                                 show_progress=progress)
             natural.update(errors)
     results = summarise(cells, data, n_bootstrap=n_bootstrap, random_state=random_state,
-                        natural_errors=natural)
+                        natural_errors=natural, n_jobs=n_jobs)
     timings["total"] = time.perf_counter() - t0
     groups = {name: group for name, (group, _) in chosen.items()}
     figures = write_figures(cells, results, data, out / "figures")
