@@ -9,9 +9,9 @@ reference steps: pivots, kNN index, class means, a peer) give the same
 features in every split: they are applied once to all rows and cached under
 ``<out_dir>/cache/features/<detector>.npz``; each cell fits the rest.
 Detectors whose frozen steps are equal (a content hash) share those
-features.  Splits that train on the same rows (the transfer matrix's row A -> B, A -> C,
-..., every split of the unseen protocol) share one fit: a detector is fitted
-once per distinct training side, not once per cell.
+features.  Splits that train on the same rows (the transfer matrix's row
+A -> B, A -> C, ..., every split of the unseen protocol) share one fit: a
+detector is fitted once per distinct training side, not once per cell.
 """
 
 import os
@@ -161,13 +161,11 @@ class _LastFit:
     def __init__(self, estimator, X, y):
         self.estimator, self.X, self.y = estimator, X, y
         self._train, self._fitted = None, None
-        self.n_fits = 0
 
     def __call__(self, train):
         if self._train is None or not np.array_equal(self._train, train):
             self._fitted = clone(self.estimator).fit(self.X[train], self.y[train])
             self._train = np.asarray(train).copy()
-            self.n_fits += 1
         return self._fitted
 
 
