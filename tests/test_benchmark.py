@@ -284,17 +284,21 @@ def test_detectors_with_equal_frozen_steps_share_their_features(tmp_path, caplog
 
 
 def test_a_cache_fingerprinted_with_n_jobs_is_still_accepted(small, tmp_path):
-    """Caches written while n_jobs was in the fingerprint resume (same n_jobs) and
-    are migrated; other data is still refused."""
-    import json
+    """A cache written while n_jobs was in the fingerprint resumes and is migrated
+    (then any n_jobs resumes it); other data is still refused."""
+    from sklearn.utils import Bunch
 
-    from sklearn_advdet.experiments.benchmark import _check_cache
+    from sklearn_advdet.experiments.benchmark import _fingerprint
 
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "manifest.json").write_text(json.dumps({"fingerprint": "old"}))
-    _check_cache(cache, "new", legacy=("old",))
-    assert json.loads((cache / "manifest.json").read_text()) == {"fingerprint": "new"}
-    _check_cache(cache, "new")
+    legacy = _fingerprint(Bunch(**small), {"test_size": 0.3, "random_state": 0,
+                                           "max_epochs": 30, "n_jobs": None})
+    manifest = tmp_path / "cache" / "manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text(json.dumps({"fingerprint": legacy}))
+    kw = dict(detectors=["max_softmax"], protocols=["known"], n_bootstrap=10)
+    benchmark.run_benchmark_on_detection_set(small, tmp_path, **kw)
+    assert json.loads(manifest.read_text())["fingerprint"] != legacy
+    benchmark.run_benchmark_on_detection_set(small, tmp_path, n_jobs=1, **kw)
+    other = dict(small, X=small["X"] + 1.0)
     with pytest.raises(ValueError, match="another data set or other settings"):
-        _check_cache(cache, "other", legacy=("old",))
+        benchmark.run_benchmark_on_detection_set(other, tmp_path, **kw)
