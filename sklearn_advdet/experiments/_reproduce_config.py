@@ -104,6 +104,8 @@ _SUBSET_ATTACKS = {"lbfgs": "lbfgs", "cw_l2": "cw"}
 
 def _attack_specs(cfg):
     """The attack configurations of a size, one family label each."""
+    from ..deep.attacks import eps_from_255
+
     specs = []
     for family, name in FAMILIES:
         if name in _SUBSET_ATTACKS:  # slow: a random subset of the images
@@ -113,8 +115,8 @@ def _attack_specs(cfg):
         elif name == "deepfool":
             specs.append((name, None, {**cfg["deepfool_params"], "label": family}))
         else:
-            for e in FAMILY_EPS_255[family]:
-                specs.append((name, e / 255.0, _budget_params(name, e / 255.0, cfg, family)))
+            for eps in map(eps_from_255, FAMILY_EPS_255[family]):
+                specs.append((name, eps, _budget_params(name, eps, cfg, family)))
     return specs
 
 
