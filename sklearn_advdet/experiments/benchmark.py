@@ -90,11 +90,18 @@ def _protocols(protocols):
     return protocols
 
 
-def _fingerprint(data, settings):
+def _data_digest(data):
+    """sha256 state of the detection rows, to be completed with the settings."""
     h = hashlib.sha256()
     for key in ("X", "y", "groups"):
         h.update(np.ascontiguousarray(data[key]).tobytes())
     h.update(np.asarray(data["attack"]).astype(str).tobytes())
+    return h
+
+
+def _fingerprint(data, settings, digest=None):
+    """Fingerprint of the cells; ``digest``: ``_data_digest(data)``, when at hand."""
+    h = (digest if digest is not None else _data_digest(data)).copy()
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -198,9 +205,10 @@ def run_benchmark_on_detection_set(data, out_dir, *, detectors=None, protocols=N
     # nor is n_jobs, which changes no score (caches written while it was are
     # accepted under their old fingerprint)
     kept = {k: v for k, v in settings.items() if k not in ("n_bootstrap", "detectors")}
+    digest = _data_digest(data)  # the rows are hashed once for both fingerprints
     _check_cache(out / "cache",
-                 _fingerprint(data, {k: v for k, v in kept.items() if k != "n_jobs"}),
-                 legacy=(_fingerprint(data, kept),))
+                 _fingerprint(data, {k: v for k, v in kept.items() if k != "n_jobs"}, digest),
+                 legacy=(_fingerprint(data, kept, digest),))
     built, timings = _fit_reference_steps(chosen, layout, data, settings)
     cells, natural = {}, {}
     for protocol in protocols:
