@@ -297,8 +297,27 @@ def test_a_cache_fingerprinted_with_n_jobs_is_still_accepted(small, tmp_path):
     manifest.write_text(json.dumps({"fingerprint": legacy}))
     kw = dict(detectors=["max_softmax"], protocols=["known"], n_bootstrap=10)
     benchmark.run_benchmark_on_detection_set(small, tmp_path, **kw)
-    assert json.loads(manifest.read_text())["fingerprint"] != legacy
+    migrated = json.loads(manifest.read_text())
+    assert migrated["fingerprint"] != legacy
+    # the reference set, not recorded by such a cache, is added on the way
+    assert migrated["reference"] == benchmark._reference_digest(small)
     benchmark.run_benchmark_on_detection_set(small, tmp_path, n_jobs=1, **kw)
     other = dict(small, X=small["X"] + 1.0)
     with pytest.raises(ValueError, match="another data set or other settings"):
         benchmark.run_benchmark_on_detection_set(other, tmp_path, **kw)
+
+
+def test_a_cache_of_another_reference_set_is_refused(small, tmp_path):
+    """The cells' scores depend on the reference set (kNN, LID, Mahalanobis fitted on
+    it): the same detection rows with another reference set must not reuse them."""
+    kw = dict(detectors=["knn_score"], protocols=["known"], n_bootstrap=10)
+    first = benchmark.run_benchmark_on_detection_set(small, tmp_path, **kw)
+    keep = np.arange(len(small["y_ref"])) % 2 == 0  # half the references, same rows
+    fewer = dict(small, X_ref=small["X_ref"][keep], y_ref=small["y_ref"][keep])
+    manifest_before = (tmp_path / "cache" / "manifest.json").read_text()
+    with pytest.raises(ValueError, match="another reference set"):
+        benchmark.run_benchmark_on_detection_set(fewer, tmp_path, **kw)
+    assert (tmp_path / "cache" / "manifest.json").read_text() == manifest_before
+    # in a folder of its own the scores differ: reusing the cells would have been wrong
+    second = benchmark.run_benchmark_on_detection_set(fewer, tmp_path / "fewer", **kw)
+    assert second["results"]["known"]["knn_score"] != first["results"]["known"]["knn_score"]

@@ -94,9 +94,17 @@ def _data_digest(data):
     """sha256 state of the detection rows, to be completed with the settings."""
     h = hashlib.sha256()
     for key in ("X", "y", "groups"):
-        h.update(np.ascontiguousarray(data[key]).tobytes())
+        h.update(np.ascontiguousarray(data[key]))  # the buffer, without a copy
     h.update(np.asarray(data["attack"]).astype(str).tobytes())
     return h
+
+
+def _reference_digest(data):
+    """sha256 of the reference set the detectors' frozen steps are fitted on."""
+    h = hashlib.sha256()
+    for key in ("X_ref", "y_ref"):
+        h.update(np.ascontiguousarray(data[key]))
+    return h.hexdigest()[:16]
 
 
 def _fingerprint(data, settings, digest=None):
@@ -106,22 +114,40 @@ def _fingerprint(data, settings, digest=None):
     return h.hexdigest()[:16]
 
 
-def _check_cache(cache, fingerprint, legacy=()):
-    """Refuse a cache made from other data or settings; ``legacy``: older
-    fingerprints of the same cells (accepted, and the manifest updated)."""
+def _check_cache(cache, fingerprint, legacy=(), reference=None):
+    """Refuse a cache made from other data, settings or reference set.
+
+    ``legacy``: older fingerprints of the same cells (accepted, and the
+    manifest updated); ``reference``: ``_reference_digest(data)``, kept
+    beside the fingerprint (the cells' scores depend on the reference set
+    through the fitted kNN, LID and Mahalanobis steps).  A cache written
+    before the reference was recorded is accepted with a warning and the
+    reference added.
+    """
     manifest = cache / "manifest.json"
-    if manifest.exists():
-        old = json.loads(manifest.read_text()).get("fingerprint")
-        if old in legacy:
-            write_text_atomic(manifest, json.dumps({"fingerprint": fingerprint}))
-        elif old != fingerprint:
-            raise ValueError(
-                f"{cache} holds cells of another data set or other settings "
-                f"(fingerprint {old} != {fingerprint}): pass another out_dir or "
-                "delete that cache folder"
-            )
-    else:
-        write_text_atomic(manifest, json.dumps({"fingerprint": fingerprint}))
+    new = {"fingerprint": fingerprint, "reference": reference}
+    if not manifest.exists():
+        write_text_atomic(manifest, json.dumps(new))
+        return
+    old = json.loads(manifest.read_text())
+    if old.get("fingerprint") != fingerprint and old.get("fingerprint") not in legacy:
+        raise ValueError(
+            f"{cache} holds cells of another data set or other settings "
+            f"(fingerprint {old.get('fingerprint')} != {fingerprint}): pass another "
+            "out_dir or delete that cache folder"
+        )
+    stored = old.get("reference")
+    if stored is not None and reference is not None and stored != reference:
+        raise ValueError(
+            f"{cache} holds cells scored by detectors fitted on another reference set "
+            f"({stored} != {reference}; e.g. another ref_per_class): pass another "
+            "out_dir or delete that cache folder"
+        )
+    if stored is None and reference is not None:
+        _log.warning("%s was written before its reference set was recorded: assumed to "
+                     "be the same reference set (delete the folder if it is not)", cache)
+    if old != new:
+        write_text_atomic(manifest, json.dumps(new))
 
 
 def _fit_reference_steps(chosen, layout, data, settings):
@@ -208,7 +234,7 @@ def run_benchmark_on_detection_set(data, out_dir, *, detectors=None, protocols=N
     digest = _data_digest(data)  # the rows are hashed once for both fingerprints
     _check_cache(out / "cache",
                  _fingerprint(data, {k: v for k, v in kept.items() if k != "n_jobs"}, digest),
-                 legacy=(_fingerprint(data, kept, digest),))
+                 legacy=(_fingerprint(data, kept, digest),), reference=_reference_digest(data))
     built, timings = _fit_reference_steps(chosen, layout, data, settings)
     cells, natural = {}, {}
     for protocol in protocols:
