@@ -26,7 +26,9 @@ the timing of every stage and the machine.
 Three sizes (see :data:`SIZES`): ``"tiny"`` (a smoke test, about a minute),
 ``"default"`` (the whole training set as reference, 1,500 test images; a 2-core
 CPU machine's times are in ``benchmarks/results/reproduce_resnet*.md``) and
-``"full"`` (the papers' sizes, for a GPU).
+``"full"`` (the papers' sizes: about 2 h 40 min for ResNet-20 on 2 CPU cores,
+53 min of it CW-L2, in ``benchmarks/results/reproduce_resnet20_full.md``; a GPU
+helps).
 """
 
 import datetime
