@@ -1,5 +1,7 @@
 """build_detection_set: invariants, independent checks, feature stores, resume."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -223,7 +225,17 @@ def test_in_memory_equals_feature_stores_and_resume(setup, tmp_path, monkeypatch
     again = build_detection_set(model, X_tr, y_tr, X_te, y_te, **kwargs)
     assert calls == []
     _assert_same(again, data)
-    assert again.attack_summary == data.attack_summary
+
+    def counts(summary):
+        return [{k: v for k, v in c.items() if k != "seconds"} for c in summary]
+
+    assert counts(again.attack_summary) == counts(data.attack_summary)
+    # every configuration's cost is recorded when it runs and kept by the cache: the
+    # finished build reports the seconds of the runs that computed each attack
+    assert all(c["seconds"] > 0 for c in data.attack_summary)
+    assert again.attack_summary == resumed.attack_summary
+    done = json.loads(next((tmp_path / "attacks").glob("lbfgs-*/attack.json")).read_text())
+    assert done["summary"]["seconds"] == again.attack_summary[-1]["seconds"]
     assert (tmp_path / "reference" / "manifest.json").exists()
     # the same out_dir with other inputs is refused
     with pytest.raises(ValueError, match="other inputs"):

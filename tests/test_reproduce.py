@@ -140,6 +140,11 @@ def test_tiny_results_are_sane(tiny):
     for fam in ("DeepFool", "APGD-CE"):
         (a,) = by_family[fam]
         assert a["n_attacked"] == d["n_authentic"] and a["n_adversarial"] > 0
+    # a fresh run: each family's stage timing covers its configurations' own seconds
+    for fam, configs in by_family.items():
+        (stage,) = [k for k in res["timings"] if k.endswith(f"attack {fam}")]
+        assert all(a["seconds"] > 0 for a in configs)
+        assert sum(a["seconds"] for a in configs) <= res["timings"][stage]
     fgsm16 = [a for a in d["attacks"] if a["attack"] == "FGSM" and a["eps255"] == 16]
     assert len(fgsm16) == 1 and fgsm16[0]["n_attacked"] == d["n_authentic"]
     assert fgsm16[0]["n_adversarial"] > 0.5 * fgsm16[0]["n_attacked"]
@@ -169,6 +174,10 @@ def test_tiny_files_written(tiny):
     assert f"random subset of at most {SIZES['tiny']['cw_images']} images" in md
     assert "APGD-CE at eps 8/255" in md and "not in either paper" in md
     assert "Deviations from the papers" in md and "Timings" in md
+    assert "| attack | eps | attacked | adversarial rows | success rate | seconds |" in md
+    cw = next(a for a in res["data"]["attacks"] if a["attack"] == "CW-L2")
+    assert f"| CW-L2 | - | {cw['n_attacked']} | {cw['n_adversarial']} | " in md
+    assert f" | {cw['seconds']:.1f} |" in md
     assert str(res["machine"]["cpu_count"]) in md
     loaded = json.loads((out / "results.json").read_text())
     assert loaded["paper1"]["best_macro"] == res["paper1"]["best_macro"]

@@ -26,6 +26,7 @@ noise and ``eps`` its budget), those it now gets wrong are adversarial
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -268,7 +269,11 @@ def build_detection_set(
             n_success (as the attack reports it), n_adversarial (rows with
             ``y = 1``), n_authentic (noise rows with ``y = 0``) and
             n_inconsistent (reported successes whose prediction, recomputed
-            by the extractor, is still the true class; dropped).
+            by the extractor, is still the true class; dropped) and seconds
+            (wall time of the attack and the extraction of its images when
+            it ran: a configuration read back from ``out_dir`` keeps the time
+            it took then; absent from configurations cached before it was
+            recorded).
 
     Notes
     -----
@@ -407,6 +412,7 @@ def _attack_block(spec, seed, model, extractor, test_images, test_labels, idx_co
         # attack has to run again anyway to give the images)
         shutil.rmtree(adir)
 
+    t0 = time.perf_counter()
     src = idx_correct
     if spec.max_images is not None and spec.max_images < src.size:
         sub_rng = np.random.RandomState(seed)
@@ -435,6 +441,7 @@ def _attack_block(spec, seed, model, extractor, test_images, test_labels, idx_co
         max_images=spec.max_images, n_attacked=int(src.size),
         n_success=int(success.sum()), n_adversarial=int(block["y"].sum()),
         n_authentic=int((block["y"] == 0).sum()), n_inconsistent=int(n_inconsistent),
+        seconds=time.perf_counter() - t0,
     )
     if done_file is not None:
         adir.mkdir(parents=True, exist_ok=True)  # no store made when no row was kept

@@ -375,6 +375,7 @@ def _data_summary(data, n_images, splits):
             "n_attacked": int(a["n_attacked"]),
             "n_success": int(a["n_success"]),
             "n_adversarial": int(a["n_adversarial"]),
+            "seconds": a.get("seconds"),
         })
     return {
         "n_ref": int(len(data.y_ref)),
