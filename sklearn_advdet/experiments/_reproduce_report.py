@@ -100,14 +100,14 @@ def _setup(res):
         "Attack success (successful / attacked) and cost (seconds: the attack and the "
         "extraction of its images, when it ran; an attack read back from the cache by a "
         "resumed run keeps that time, while the timings below count only its reading; "
-        "'-': cached before this was recorded):",
+        "n/a: cached before this was recorded):",
         "",
     ]
     out.append(_table(
         ["attack", "eps", "attacked", "adversarial rows", "success rate", "seconds"],
         [[a["attack"], "-" if a["eps"] is None else f"{a['eps255']}/255", a["n_attacked"],
           a["n_adversarial"], _fmt(a["n_adversarial"] / max(a["n_attacked"], 1)),
-          "-" if a.get("seconds") is None else f"{a['seconds']:.1f}"]
+          _fmt(a.get("seconds"), 1)]
          for a in d["attacks"]]))
     return out
 
